@@ -1,0 +1,162 @@
+"""The one registry of backbone presets, their parameter counts and FLOPs.
+
+Presets follow reference.md §1: depth stays at 12 while width, MLP size, heads and the number of
+parallel branches grow. Parameter counts exclude the fixed sin-cos position table (a buffer) and
+use no qkv bias; with those rules ``vit_l12x4`` has exactly 605,261,824 parameters, which pins the
+family down. ``vit_1b3`` and ``vit_2b4`` widths are reconstructed from the published totals.
+
+Every preset is also registered with timm as ``rsfm_<preset>`` so that
+``timm.create_model('rsfm_vit_l12x4', pretrained=True, pretrained_cfg_overlay=dict(file=...))``
+builds it (and loads a converted file).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import timm
+from timm.models import register_model
+
+from .vit import VisionTransformer
+
+
+@dataclass(frozen=True)
+class ViTPreset:
+    """Architecture of one backbone preset.
+
+    Attributes:
+        name: registry key.
+        embed_dim: token width.
+        mlp_dim: hidden width of each MLP branch.
+        num_heads: attention heads per branch.
+        depth: number of layers.
+        num_branches: parallel attention/MLP branches per layer.
+        patch_size: patch side in pixels.
+        decoder: MAE decoder (width, depth, heads) used with this preset.
+        global_attn_indexes: ViTDet blocks with global attention (the rest use windows): the
+            last block of each quarter of the depth, as ViTDet does for ViT-B/L.
+        notes: provenance of the numbers.
+    """
+
+    name: str
+    embed_dim: int
+    mlp_dim: int
+    num_heads: int
+    depth: int
+    num_branches: int
+    patch_size: int = 16
+    decoder: Tuple[int, int, int] = (512, 8, 16)
+    global_attn_indexes: Tuple[int, ...] = (2, 5, 8, 11)
+    notes: str = ""
+
+    def vit_kwargs(self) -> Dict[str, int]:
+        return dict(embed_dim=self.embed_dim, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+                    depth=self.depth, num_branches=self.num_branches, patch_size=self.patch_size)
+
+
+PRESETS: Dict[str, ViTPreset] = {p.name: p for p in [
+    ViTPreset("debug", embed_dim=128, mlp_dim=512, num_heads=4, depth=4, num_branches=2,
+              decoder=(64, 2, 4), global_attn_indexes=(1, 3),
+              notes="tiny preset exercising every code path on CPU"),
+    ViTPreset("vit_b12x1", embed_dim=768, mlp_dim=3072, num_heads=12, depth=12, num_branches=1,
+              notes="ViT-B/16, the paper's 86M model"),
+    ViTPreset("vit_l12x4", embed_dim=1024, mlp_dim=4096, num_heads=16, depth=12, num_branches=4,
+              notes="605.26M, exact match with the paper"),
+    ViTPreset("vit_1b3", embed_dim=1536, mlp_dim=6144, num_heads=16, depth=12, num_branches=4,
+              notes="reconstructed from the published 1.3B total"),
+    ViTPreset("vit_2b4", embed_dim=2048, mlp_dim=8192, num_heads=16, depth=12, num_branches=4,
+              notes="ViT-G12X4; width reconstructed from the published 2.4B total"),
+]}
+
+
+def get_preset(name: str) -> ViTPreset:
+    """The preset called ``name``; a clear error lists the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+
+
+def create_vit(preset: str, **overrides) -> VisionTransformer:
+    """Build the encoder of ``preset``; keyword arguments override :class:`VisionTransformer`'s."""
+    kwargs = dict(get_preset(preset).vit_kwargs())
+    kwargs.update(overrides)
+    return VisionTransformer(**kwargs)
+
+
+def count_trainable(model) -> int:
+    """Trainable parameters, correct for ZeRO-3 partitioned models too (``ds_numel``)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+
+
+def encoder_flops(preset: str, img_size: int = 224, keep_ratio: float = 1.0,
+                  class_token: bool = True) -> int:
+    """Forward FLOPs (2 x multiply-adds) of the encoder on one image.
+
+    Counts the matrix products (patch projection, qkv, attention scores, attention-weighted values,
+    output projection, MLP); norms, activations and softmax are below 1% and left out, as fvcore
+    and torch's FlopCounterMode do. ``keep_ratio`` is the fraction of patch tokens that enter the
+    encoder (0.25 for MAE at 75% masking).
+    """
+    p = get_preset(preset)
+    d, m = p.embed_dim, p.mlp_dim
+    patches = (img_size // p.patch_size) ** 2
+    n = round(patches * keep_ratio) + (1 if class_token else 0)
+    embed = 2 * patches * (3 * p.patch_size ** 2) * d  # the projection runs before masking
+    attn = 2 * n * d * 3 * d + 2 * n * n * d * 2 + 2 * n * d * d
+    mlp = 2 * n * d * m * 2
+    return embed + p.depth * p.num_branches * (attn + mlp)
+
+
+def preset_table(img_size: int = 224, mask_ratio: float = 0.75) -> list[dict]:
+    """One row per preset: architecture, trainable parameters and GFLOPs (full / MAE encoder).
+
+    Models are built on the meta device, so even the 2.4B preset costs no memory.
+    """
+    import torch
+
+    rows = []
+    for name, p in PRESETS.items():
+        with torch.device("meta"):
+            params = count_trainable(create_vit(name, img_size=img_size))
+        rows.append(dict(
+            preset=name, width=p.embed_dim, mlp=p.mlp_dim, heads=p.num_heads,
+            layers_x_branches=f"{p.depth} x {p.num_branches}", params_m=params / 1e6,
+            params=params, gflops=encoder_flops(name, img_size) / 1e9,
+            mae_gflops=encoder_flops(name, img_size, keep_ratio=1 - mask_ratio) / 1e9))
+    return rows
+
+
+def format_preset_table(rows: list[dict]) -> str:
+    header = (f"{'preset':<10} {'width':>6} {'MLP':>6} {'heads':>5} {'layers x br':>11} "
+              f"{'params (M)':>11} {'GFLOPs':>8} {'MAE enc GFLOPs':>15}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['preset']:<10} {r['width']:>6} {r['mlp']:>6} {r['heads']:>5} "
+                     f"{r['layers_x_branches']:>11} {r['params_m']:>11.2f} {r['gflops']:>8.2f} "
+                     f"{r['mae_gflops']:>15.2f}")
+    return "\n".join(lines)
+
+
+def _timm_factory(preset_name: str):
+    def factory(pretrained: bool = False, **kwargs) -> VisionTransformer:
+        from timm.models import build_model_with_cfg
+
+        return build_model_with_cfg(VisionTransformer, f"rsfm_{preset_name}", pretrained,
+                                    **{**get_preset(preset_name).vit_kwargs(), **kwargs})
+
+    factory.__name__ = f"rsfm_{preset_name}"
+    factory.__doc__ = f"rsfm-ds preset {preset_name!r} as a timm model."
+    return factory
+
+
+# timm reads a pretrained config (input size, normalisation) per registered name.
+default_cfgs = {f"rsfm_{name}": dict(url="", num_classes=0, input_size=(3, 224, 224),
+                                     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+                for name in PRESETS}
+for _name in PRESETS:
+    if not timm.is_model(f"rsfm_{_name}"):
+        register_model(_timm_factory(_name))
+
+__all__ = ["PRESETS", "ViTPreset", "get_preset", "create_vit", "count_trainable", "encoder_flops",
+           "preset_table", "format_preset_table"]
