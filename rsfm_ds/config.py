@@ -118,6 +118,11 @@ def _build(cls: Type[T], data: Dict[str, Any], where: str = "") -> T:
                           f"{cls.__name__}: {', '.join(fields)}")
     kwargs = {}
     for name, value in data.items():
+        field = fields[name]
+        if (dataclasses.is_dataclass(hints[name]) and isinstance(value, dict)
+                and field.default_factory is not dataclasses.MISSING):
+            # A section given in part keeps the defaults of the fields it does not name.
+            value = _merge(to_dict(field.default_factory()), value)
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]

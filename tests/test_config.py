@@ -83,3 +83,9 @@ def test_field_docs_are_read_from_the_source():
 
 def test_parse_overrides_nests_and_parses_yaml():
     assert parse_overrides(["a.b.c=1", "a.d=true", "e=null"]) == {"a": {"b": {"c": 1}, "d": True}, "e": None}
+
+
+def test_a_section_given_in_part_keeps_its_other_defaults(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: a\noptim:\n  lr: 0.5\n")
+    assert load_config(Run, path).optim == Optim(lr=0.5, betas=(0.9, 0.95))
