@@ -91,15 +91,18 @@ class MaskedAutoencoder(nn.Module):
             for _ in range(decoder_depth)])
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_size ** 2 * self.in_chans)
-        self._init_decoder()
+        self.init_weights()
 
-    def _init_decoder(self) -> None:
-        nn.init.normal_(self.mask_token, std=0.02)
-        for m in [self.decoder_embed, self.decoder_pred, *self.decoder_blocks.modules()]:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+    def init_weights(self) -> None:
+        """MAE initialisation of every submodule (see :meth:`init_module`)."""
+        self.apply(self.init_module)
+
+    def init_module(self, m: nn.Module) -> None:
+        """Initialise the parameters ``m`` owns directly: the encoder's rules, plus the mask token."""
+        if m is self:
+            nn.init.normal_(self.mask_token, std=0.02)
+        else:
+            self.encoder.init_module(m)
 
     def set_grad_checkpointing(self, enable: bool = True, use_reentrant: bool = False) -> None:
         """Checkpoint the encoder blocks (the decoder is small and sees few tokens per FLOP)."""
@@ -131,7 +134,7 @@ class MaskedAutoencoder(nn.Module):
             pos = self.decoder_pos_embed
         else:
             pos = sincos_pos_embed_2d(x.shape[-1], grid_hw, cls_token=True).to(x)
-        x = x + pos
+        x = x + pos.to(x.dtype)
         for blk in self.decoder_blocks:
             x = blk(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
@@ -177,4 +180,22 @@ def create_mae(preset: str, img_size: int = 224, norm_pix_loss: bool = True,
                              norm_pix_loss=norm_pix_loss, mask_ratio=mask_ratio)
 
 
-__all__ = ["MaskedAutoencoder", "create_mae", "patchify", "unpatchify", "random_masking"]
+def mae_train_flops(preset: str, img_size: int = 224, mask_ratio: float = 0.75,
+                    decoder: Optional[Tuple[int, int, int]] = None) -> int:
+    """Model FLOPs of one MAE training sample: 3 x forward (backward = 2 x forward), encoder on the
+    visible tokens plus the decoder on all tokens; recomputation by activation checkpointing is
+    not counted (the MFU convention)."""
+    from .presets import encoder_flops
+
+    p = get_preset(preset)
+    dim, depth, _ = decoder or p.decoder
+    patches = (img_size // p.patch_size) ** 2
+    kept = int(round(patches * (1 - mask_ratio))) + 1
+    n = patches + 1
+    block = 2 * n * dim * 3 * dim + 4 * n * n * dim + 2 * n * dim * dim + 2 * n * dim * 4 * dim * 2
+    dec = 2 * kept * p.embed_dim * dim + depth * block + 2 * patches * dim * p.patch_size ** 2 * 3
+    return 3 * (encoder_flops(preset, img_size, keep_ratio=1 - mask_ratio) + dec)
+
+
+__all__ = ["MaskedAutoencoder", "create_mae", "patchify", "unpatchify", "random_masking",
+           "mae_train_flops"]

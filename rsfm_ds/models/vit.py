@@ -199,13 +199,30 @@ class VisionTransformer(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """MAE initialisation: patch projection as a linear layer (xavier), linear layers xavier,
-        class token N(0, 0.02)."""
-        w = self.patch_embed.proj.weight
-        torch.nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
-        if self.cls_token is not None:
+        """MAE initialisation of every submodule (see :meth:`init_module`)."""
+        self.apply(self.init_module)
+
+    def init_module(self, m: nn.Module) -> None:
+        """Initialise the parameters that ``m`` owns directly (not its children's).
+
+        One module at a time so that an engine can gather each module's ZeRO-3 partitions around
+        the call (models built under ``deepspeed.zero.Init`` hold empty shards until gathered).
+        Patch projection as a linear layer (xavier), linear layers xavier with zero bias, norms at
+        identity, class token N(0, 0.02).
+        """
+        if m is self and self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
-        self.apply(_init_linear_and_norm)
+        elif m is self.patch_embed.proj:
+            w = m.weight
+            nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
     def set_grad_checkpointing(self, enable: bool = True, use_reentrant: bool = False) -> None:
         """Recompute each block in the backward pass instead of storing its activations.
@@ -235,13 +252,14 @@ class VisionTransformer(nn.Module):
         """Patchify and add positions: ``[B, C, H, W] -> [B, gh*gw, D]`` (no prefix token)."""
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         x = self.patch_embed(x)  # x: [B, L, D]
-        return x + self.pos_embed_for(grid)[:, self.num_prefix_tokens:, :]
+        # The table follows the activations' dtype: engines may cast parameters but not buffers.
+        return x + self.pos_embed_for(grid)[:, self.num_prefix_tokens:, :].to(x.dtype)
 
     def prepend_prefix(self, x: torch.Tensor) -> torch.Tensor:
         """Prepend the class token (with its zero position) to ``x: [B, L, D]``."""
         if self.cls_token is None:
             return x
-        cls = self.cls_token + self.pos_embed[:, :1, :]
+        cls = self.cls_token + self.pos_embed[:, :1, :].to(self.cls_token.dtype)
         return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,16 +276,6 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def _init_linear_and_norm(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        torch.nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 __all__ = ["Attention", "Block", "ParallelBlock", "VisionTransformer", "make_block",

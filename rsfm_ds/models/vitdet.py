@@ -1,0 +1,526 @@
+"""ViTDet backbone: the pretrained plain / parallel ViT at detection resolution, plus scale blocks.
+
+Li et al. 2022 ("Exploring plain vision transformer backbones for object detection") keep the
+pretrained ViT unchanged and adapt it in three ways, all reproduced here:
+
+* **Window attention.** At 1024 px a 16 px patch grid holds 4096 tokens; global attention in every
+  block is quadratic in that. All blocks but a few attend within non-overlapping ``w x w`` windows
+  (tokens are padded to a multiple of ``w`` and cropped back); the blocks in
+  ``global_attn_indexes`` attend globally and propagate information across windows. In a parallel
+  layer every branch of a global layer is global (the choice is per layer, not per branch).
+  Padding tokens are zeros after the block's norm and are *attended*, not masked, as in ViTDet and
+  SAM: with no qkv bias a padding token has key and value 0, so it adds ``exp(0)`` to every
+  softmax denominator of its window and nothing to the numerators.
+* **Position table for the input grid.** The encoder's table is a fixed 2-D sin-cos function of the
+  grid (:func:`~rsfm_ds.models.vit.sincos_pos_embed_2d`), so it is recomputed exactly for any
+  input size rather than interpolated; it is never loaded from a checkpoint.
+* **Simple feature pyramid** ("scale blocks") from the last block's output: stride 4 by two 2x2
+  transposed convolutions (norm + GELU between), stride 8 by one, stride 16 as is, stride 32 by 2x2
+  max-pooling, each followed by a 1x1 and a 3x3 convolution, each with a channel LayerNorm, to a
+  common width; an optional stride-64 level max-pools the stride-32 map (for RPN anchors).
+
+Optional decomposed relative position bias (MViTv2 / SAM) is off by default because MAE weights
+have none; its tables start at zero so that turning it on starts from the pretrained function.
+
+The class token of the pretrained encoder is dropped (windows have no place for it). The final
+encoder ``norm`` is kept and applied before the pyramid, as RVSA / MTP do for MAE backbones
+(detectron2's ViTDet drops it); the pyramid's own norms follow.
+
+Key mapping from a pretrained encoder (see :func:`load_pretrained_encoder`):
+
+=====================================  ==========================================================
+pretrained key                         backbone key
+=====================================  ==========================================================
+``patch_embed.proj.{weight,bias}``     same
+``blocks.{i}.*`` (plain or parallel)   same (window and global blocks share the layout)
+``norm.{weight,bias}``                 same
+``cls_token``, ``pos_embed``           dropped (no class token; the table is recomputed)
+``head.*``                             dropped
+MAE: ``encoder.<key>``                 ``<key>`` as above
+MAE: ``decoder_*``, ``mask_token``     dropped
+(none)                                 ``pyramid.*``, ``blocks.{i}.*.rel_pos_{h,w}``: new
+=====================================  ==========================================================
+
+timm's ``vision_transformer_sam.py`` and detectron2's ViTDet were the references; the window and
+relative-position code is written here because timm's version is tied to its own SAM blocks and
+our blocks take the attention class as an argument (``make_block(..., attn_layer=...)``).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from functools import partial
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d, PatchEmbed
+
+from .presets import get_preset
+from .vit import Attention, VisionTransformer, make_block, sincos_pos_embed_2d
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """Split a token grid into non-overlapping windows, zero-padding bottom and right.
+
+    Args:
+        x: ``[B, H, W, C]`` tokens.
+        window_size: window side ``w``.
+
+    Returns:
+        ``[B * nh * nw, w, w, C]`` windows in row-major window order, and the padded grid
+        ``(nh * w, nw * w)``.
+    """
+    b, h, w, c = x.shape
+    pad_h, pad_w = (-h) % window_size, (-w) % window_size
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.reshape(b, hp // window_size, window_size, wp // window_size, window_size, c)
+    return x.transpose(2, 3).reshape(-1, window_size, window_size, c), (hp, wp)
+
+
+def window_unpartition(windows: torch.Tensor, window_size: int, padded_hw: Tuple[int, int],
+                       hw: Tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: ``[B * nh * nw, w, w, C] -> [B, H, W, C]``, cropping
+    the padding away."""
+    hp, wp = padded_hw
+    nh, nw = hp // window_size, wp // window_size
+    c = windows.shape[-1]
+    x = windows.reshape(-1, nh, nw, window_size, window_size, c).transpose(2, 3)
+    x = x.reshape(-1, hp, wp, c)
+    return x[:, :hw[0], :hw[1], :].contiguous()
+
+
+def relative_position_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
+    """Embeddings of every query/key offset along one axis of length ``size``.
+
+    Args:
+        rel_pos: ``[L, head_dim]`` table over offsets ``-(L-1)/2 .. (L-1)/2``; resampled linearly
+            when ``L != 2 * size - 1`` (a global block run at another resolution than built for).
+
+    Returns:
+        ``[size, size, head_dim]`` whose ``[i, j]`` entry embeds the offset ``i - j``.
+    """
+    length = 2 * size - 1
+    if rel_pos.shape[0] != length:
+        rel_pos = F.interpolate(rel_pos.t().unsqueeze(0), size=length, mode="linear").squeeze(0).t()
+    coords = torch.arange(size, device=rel_pos.device)
+    return rel_pos[coords[:, None] - coords[None, :] + size - 1]
+
+
+def decomposed_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                            grid_hw: Tuple[int, int]) -> torch.Tensor:
+    """Decomposed relative position bias of MViTv2 / SAM: ``q . R_h[dy] + q . R_w[dx]``.
+
+    Args:
+        q: ``[B, heads, h*w, head_dim]`` unscaled queries over a row-major ``h x w`` grid.
+        rel_pos_h, rel_pos_w: ``[L, head_dim]`` tables along rows and columns.
+        grid_hw: ``(h, w)``.
+
+    Returns:
+        Additive attention bias ``[B, heads, h*w, h*w]`` in ``q``'s dtype.
+    """
+    h, w = grid_hw
+    b, heads, _, dim = q.shape
+    r_q = q.reshape(b, heads, h, w, dim)
+    table_h = relative_position_table(rel_pos_h, h).to(q.dtype)  # [h, h, head_dim]
+    table_w = relative_position_table(rel_pos_w, w).to(q.dtype)  # [w, w, head_dim]
+    bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, table_h)
+    bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, table_w)
+    # bias: [B, heads, h, w, kh, kw], the key grid flattened row-major like the queries.
+    bias = bias_h[..., :, None] + bias_w[..., None, :]
+    return bias.reshape(b, heads, h * w, h * w)
+
+
+class ViTDetAttention(Attention):
+    """Window or global attention over a ``[B, H, W, C]`` token grid, :class:`Attention`'s weights.
+
+    Plugs into :class:`~rsfm_ds.models.vit.Block` and ``ParallelBlock`` through ``attn_layer``
+    (norms and MLPs act on the last dimension, so the blocks run unchanged on the 4-D grid).
+
+    Args:
+        dim: token width C.
+        num_heads: heads; ``dim`` must divide evenly.
+        qkv_bias: bias on the fused qkv projection.
+        fused_attn: ``scaled_dot_product_attention`` (True) or explicit softmax (False).
+        window_size: window side in tokens; 0 for global attention over the whole grid.
+        use_rel_pos: add a decomposed relative position bias (zero-initialised tables).
+        rel_pos_grid: ``(h, w)`` the tables are sized for: the window for window blocks, the
+            training grid for global blocks (other grids resample the tables linearly).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, fused_attn: bool = True,
+                 window_size: int = 0, use_rel_pos: bool = False,
+                 rel_pos_grid: Optional[Tuple[int, int]] = None):
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias, fused_attn=fused_attn)
+        if window_size < 0:
+            raise ValueError(f"window_size must be >= 0 (0 = global attention), got {window_size}")
+        self.window_size = window_size
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            if window_size:
+                rel_pos_grid = (window_size, window_size)
+            elif rel_pos_grid is None:
+                raise ValueError("a global ViTDetAttention with use_rel_pos needs rel_pos_grid")
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_grid[0] - 1, self.head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_grid[1] - 1, self.head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: [B, H, W, C] -> [B, H, W, C]``."""
+        B, H, W, C = x.shape
+        if self.window_size:
+            x, padded_hw = window_partition(x, self.window_size)  # [B * windows, w, w, C]
+        b, h, w, _ = x.shape
+        # qkv: [3, b, heads, h*w, head_dim]
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = None
+        if self.use_rel_pos:
+            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w))
+        x = self.attend(q, k, v, bias).transpose(1, 2).reshape(b, h, w, C)
+        if self.window_size:
+            x = window_unpartition(x, self.window_size, padded_hw, (H, W))
+        # The output projection is per token, so it runs after cropping, on real tokens only.
+        return self.proj(x)
+
+
+def _conv_norm(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+    # No conv bias: the LayerNorm that follows has its own.
+    return nn.Sequential(OrderedDict([
+        ("conv", nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
+                           bias=False)),
+        ("norm", LayerNorm2d(out_channels)),
+    ]))
+
+
+class ScaleBlock(nn.Module):
+    """One pyramid level: resample the ViT map, then 1x1 conv + norm, 3x3 conv + norm.
+
+    Args:
+        in_dim: ViT width D.
+        out_channels: pyramid width.
+        scale: 4 (ConvT 2x2 s2 -> norm -> GELU -> ConvT 2x2 s2), 2 (ConvT 2x2 s2),
+            1 (identity) or 0.5 (max-pool 2x2).
+    """
+
+    def __init__(self, in_dim: int, out_channels: int, scale: float):
+        super().__init__()
+        if scale == 4:
+            self.resample = nn.Sequential(
+                nn.ConvTranspose2d(in_dim, in_dim // 2, 2, stride=2), LayerNorm2d(in_dim // 2),
+                nn.GELU(),
+                nn.ConvTranspose2d(in_dim // 2, in_dim // 4, 2, stride=2))
+            width = in_dim // 4
+        elif scale == 2:
+            self.resample = nn.ConvTranspose2d(in_dim, in_dim // 2, 2, stride=2)
+            width = in_dim // 2
+        elif scale == 1:
+            self.resample = nn.Identity()
+            width = in_dim
+        elif scale == 0.5:
+            self.resample = nn.MaxPool2d(2, stride=2)
+            width = in_dim
+        else:
+            raise ValueError(f"scale must be one of 4, 2, 1, 0.5, got {scale}")
+        self.lateral = _conv_norm(width, out_channels, 1)
+        self.output = _conv_norm(out_channels, out_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, D, h, w] -> [B, out_channels, h * scale, w * scale]`` (floor for 0.5)."""
+        return self.output(self.lateral(self.resample(x)))
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's simple feature pyramid over a single stride-``patch_size`` map.
+
+    Args:
+        in_dim: ViT width D.
+        out_channels: width of every level.
+        patch_size: stride of the input map; a power of two >= 4 so every level has an integer
+            stride and a name ``p{log2(stride)}`` (patch 16: p2, p3, p4, p5).
+        extra_p6: add a level at twice the coarsest stride by 1x1 max-pooling with stride 2 of the
+            coarsest output (no parameters), as detectron2's ``LastLevelMaxPool``.
+
+    Attributes:
+        out_strides: level name -> stride in input pixels, finest first.
+        out_channels: width of every level.
+
+    Its parameters are initialised by :meth:`ViTDetBackbone.init_module` (standalone they keep
+    PyTorch's defaults).
+    """
+
+    SCALES = (4.0, 2.0, 1.0, 0.5)
+
+    def __init__(self, in_dim: int, out_channels: int = 256, patch_size: int = 16,
+                 extra_p6: bool = False):
+        super().__init__()
+        if patch_size < 4 or patch_size & (patch_size - 1):
+            raise ValueError(f"patch_size must be a power of two >= 4 for the pyramid, "
+                             f"got {patch_size}")
+        if in_dim % 4:
+            raise ValueError(f"the x4 scale block halves the width twice: in_dim {in_dim} is not "
+                             f"a multiple of 4")
+        strides = [int(patch_size / s) for s in self.SCALES]
+        self.levels = nn.ModuleDict({
+            f"p{int(math.log2(stride))}": ScaleBlock(in_dim, out_channels, scale)
+            for stride, scale in zip(strides, self.SCALES)})
+        self.out_strides: Dict[str, int] = {f"p{int(math.log2(s))}": s for s in strides}
+        self.extra_p6 = extra_p6
+        if extra_p6:
+            self.extra_name = f"p{int(math.log2(strides[-1])) + 1}"
+            self.out_strides[self.extra_name] = 2 * strides[-1]
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``x: [B, D, h, w]`` -> ``{name: [B, out_channels, s * h, s * w]}`` for s = 4, 2, 1, 1/2
+        (floor), and the extra level at ``ceil(floor(h/2) / 2)``."""
+        out = {name: level(x) for name, level in self.levels.items()}
+        if self.extra_p6:
+            out[self.extra_name] = F.max_pool2d(out[list(self.levels)[-1]], kernel_size=1, stride=2)
+        return out
+
+
+class ViTDetBackbone(nn.Module):
+    """Plain or parallel ViT with window / global attention and a simple feature pyramid.
+
+    Input ``[B, in_chans, H, W]``; an image whose sides are not multiples of ``patch_size`` is
+    zero-padded at the bottom and right to the next multiple (as detection pipelines pad batches),
+    so the token grid is ``(ceil(H/p), ceil(W/p))``. Output: ``{"p2": [B, out_channels, 4gh, 4gw],
+    "p3": 2g, "p4": g, "p5": floor(g/2)[, "p6": ceil(floor(g/2)/2)]}`` for patch 16, i.e. strides
+    4, 8, 16, 32 (, 64) and exactly ``H/stride`` when ``H`` is a multiple of the coarsest stride.
+
+    Args:
+        img_size: resolution the registered position table (and global relative-position tables)
+            are built for; other sizes run with their own exact table.
+        patch_size: patch side in pixels.
+        in_chans: input channels.
+        embed_dim: token width D.
+        depth: number of layers.
+        num_heads: attention heads per branch.
+        mlp_dim: hidden width of each MLP branch.
+        num_branches: parallel branches per layer (1 = standard ViT).
+        qkv_bias: bias on qkv projections (the presets have none).
+        drop_path_rate: stochastic depth of the last layer, linear from 0 at the first.
+        window_size: window side in tokens for the non-global layers.
+        global_attn_indexes: layers with global attention (every branch of such a layer).
+        use_rel_pos: decomposed relative position bias in every attention (zero-initialised).
+        fused_attn: ``scaled_dot_product_attention`` (True) or explicit softmax (False).
+        out_channels: width of every pyramid level.
+        extra_p6: add the stride-64 max-pooled level (detection).
+    """
+
+    # Reused as is: both act on ``self.blocks`` and do not care about the token layout.
+    set_grad_checkpointing = VisionTransformer.set_grad_checkpointing
+    run_blocks = VisionTransformer.run_blocks
+
+    def __init__(self, img_size: int = 1024, patch_size: int = 16, in_chans: int = 3,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_dim: int = 3072,
+                 num_branches: int = 1, qkv_bias: bool = False, drop_path_rate: float = 0.1,
+                 window_size: int = 14, global_attn_indexes: Sequence[int] = (2, 5, 8, 11),
+                 use_rel_pos: bool = False, fused_attn: bool = True, out_channels: int = 256,
+                 extra_p6: bool = False):
+        super().__init__()
+        if window_size < 1:
+            raise ValueError(f"window_size must be >= 1, got {window_size}")
+        bad = [i for i in global_attn_indexes if not 0 <= i < depth]
+        if bad:
+            raise ValueError(f"global_attn_indexes {bad} are outside the {depth} layers")
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.num_branches = num_branches
+        self.window_size = window_size
+        self.global_attn_indexes = tuple(sorted(set(global_attn_indexes)))
+        self.grad_checkpointing = False
+        self.checkpoint_use_reentrant = False
+
+        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                                      embed_dim=embed_dim, output_fmt="NHWC", strict_img_size=False,
+                                      dynamic_img_pad=True)
+        grid = tuple(self.patch_embed.grid_size)
+        # Not persistent: a pure function of the grid. Built on the default device so that a model
+        # created under ``torch.device(...)`` (meta included) has its table there too.
+        self.register_buffer("pos_embed", self._table(grid).to(torch.get_default_device()),
+                             persistent=False)
+        dpr = np.linspace(0, drop_path_rate, depth).tolist()
+        # Global layers get window_size 0; every branch of a layer shares its attn_layer.
+        self.blocks = nn.ModuleList([
+            make_block(embed_dim, num_heads, mlp_dim, num_branches, qkv_bias=qkv_bias,
+                       drop_path=dpr[i], fused_attn=fused_attn,
+                       attn_layer=partial(
+                           ViTDetAttention, use_rel_pos=use_rel_pos, rel_pos_grid=grid,
+                           window_size=0 if i in self.global_attn_indexes else window_size))
+            for i in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim)
+        self.pyramid = SimpleFeaturePyramid(embed_dim, out_channels, patch_size, extra_p6=extra_p6)
+        self.out_strides: Dict[str, int] = dict(self.pyramid.out_strides)
+        self.out_channels = out_channels
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Initialise every parameter (see :meth:`init_module`)."""
+        self.apply(self.init_module)
+
+    def init_module(self, m: nn.Module) -> None:
+        """Initialise the parameters that ``m`` owns directly (not its children's).
+
+        One module at a time, as :meth:`VisionTransformer.init_module`, so that an engine can gather
+        each module's ZeRO-3 partitions around the call. Encoder: MAE's rules (patch projection as
+        a linear layer and linear layers xavier with zero bias, norms at identity); relative
+        position tables zero; pyramid 1x1 / 3x3 convolutions as detectron2's ``c2_msra_fill``
+        (kaiming normal, fan out); transposed convolutions at PyTorch's default.
+        """
+        if m is self.patch_embed.proj:
+            nn.init.xavier_uniform_(m.weight.view([m.weight.shape[0], -1]))
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):  # LayerNorm2d included
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, ViTDetAttention) and m.use_rel_pos:
+            nn.init.zeros_(m.rel_pos_h)
+            nn.init.zeros_(m.rel_pos_w)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.ConvTranspose2d):
+            m.reset_parameters()
+
+    def _table(self, grid_hw: Tuple[int, int]) -> torch.Tensor:
+        table = sincos_pos_embed_2d(self.embed_dim, grid_hw)  # [1, gh*gw, D], row-major
+        return table.reshape(1, grid_hw[0], grid_hw[1], self.embed_dim)
+
+    def pos_embed_for(self, grid_hw: Sequence[int]) -> torch.Tensor:
+        """Position table ``[1, gh, gw, D]`` for a patch grid, on the model's buffer device."""
+        if tuple(grid_hw) == tuple(self.pos_embed.shape[1:3]):
+            return self.pos_embed
+        return self._table(tuple(grid_hw)).to(self.pos_embed.device)
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W] -> [B, gh, gw, D]``: the normalised last-layer tokens on their grid."""
+        x = self.patch_embed(x)  # x: [B, gh, gw, D]
+        x = x + self.pos_embed_for(x.shape[1:3]).to(x.dtype)
+        return self.norm(self.run_blocks(x))
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``[B, C, H, W]`` -> ``{name: [B, out_channels, H / stride, W / stride]}``, finest first
+        (see the class docstring for sizes that are not multiples of the strides)."""
+        return self.pyramid(self.forward_tokens(x).permute(0, 3, 1, 2))
+
+
+def create_vitdet(preset: str, img_size: int, window_size: int = 14,
+                  global_attn_indexes: Optional[Sequence[int]] = None, drop_path_rate: float = 0.1,
+                  out_channels: int = 256, use_rel_pos: bool = False, extra_p6: bool = False,
+                  **overrides) -> ViTDetBackbone:
+    """ViTDet backbone of a registered preset.
+
+    Args:
+        preset: preset name (``debug``, ``vit_b12x1``, ``vit_l12x4``, ``vit_1b3``, ``vit_2b4``).
+        img_size: fine-tuning resolution (1024 for DOTA, 800 for DIOR-R, 512 for segmentation).
+        window_size: window side in tokens (14 as ViTDet; 7 as RVSA / MTP).
+        global_attn_indexes: global layers; default the preset's (the last layer of each quarter
+            of the depth: 2, 5, 8, 11 for the 12-layer presets, 1, 3 for ``debug``).
+        drop_path_rate: stochastic depth at the last layer.
+        out_channels: pyramid width.
+        use_rel_pos: decomposed relative position bias (new, zero-initialised parameters).
+        extra_p6: add the stride-64 level.
+        **overrides: any other :class:`ViTDetBackbone` argument (``qkv_bias``, ``fused_attn``...).
+    """
+    p = get_preset(preset)
+    if global_attn_indexes is None:
+        global_attn_indexes = p.global_attn_indexes
+    kwargs = dict(p.vit_kwargs(), img_size=img_size, window_size=window_size,
+                  global_attn_indexes=global_attn_indexes, drop_path_rate=drop_path_rate,
+                  out_channels=out_channels, use_rel_pos=use_rel_pos, extra_p6=extra_p6)
+    kwargs.update(overrides)
+    return ViTDetBackbone(**kwargs)
+
+
+# Keys of a pretrained encoder with no counterpart in the backbone, by design.
+_DROPPED_KEYS = ("cls_token", "pos_embed")
+_DROPPED_PREFIXES = ("head.",)
+
+
+class LoadReport(NamedTuple):
+    """Outcome of :func:`load_pretrained_encoder`.
+
+    Attributes:
+        missing_keys: backbone keys the state dict did not provide (kept at their initialisation).
+        unexpected_keys: state-dict keys (after mapping) the backbone has no place for.
+        dropped_keys: source keys ignored by design (class token, position table, classifier
+            head, MAE decoder and mask token), under their original names.
+    """
+
+    missing_keys: List[str]
+    unexpected_keys: List[str]
+    dropped_keys: List[str]
+
+
+def map_pretrained_keys(state_dict: Mapping[str, torch.Tensor]
+                        ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Map an encoder or MAE state dict to backbone keys (the table in the module docstring).
+
+    A state dict with any ``encoder.``-prefixed key is read as a :class:`MaskedAutoencoder`'s: its
+    ``encoder.`` keys are kept without the prefix and every other key (decoder, mask token) is
+    dropped. Returns ``(mapped, dropped)``, ``dropped`` under the source names. Pure, so the engine
+    can load the mapped tensors module by module (e.g. gathered under ZeRO-3).
+    """
+    is_mae = any(k.startswith("encoder.") for k in state_dict)
+    mapped: Dict[str, torch.Tensor] = {}
+    dropped: List[str] = []
+    for key, value in state_dict.items():
+        local = key
+        if is_mae:
+            if not key.startswith("encoder."):
+                dropped.append(key)
+                continue
+            local = key[len("encoder."):]
+        if local in _DROPPED_KEYS or local.startswith(_DROPPED_PREFIXES):
+            dropped.append(key)
+            continue
+        mapped[local] = value
+    return mapped, dropped
+
+
+def new_parameter_names(model: ViTDetBackbone) -> List[str]:
+    """Backbone keys no pretrained encoder has: the pyramid and relative-position tables."""
+    return [k for k in model.state_dict() if k.startswith("pyramid.") or ".rel_pos_" in k]
+
+
+def load_pretrained_encoder(model: ViTDetBackbone, state_dict: Mapping[str, torch.Tensor],
+                            strict: bool = True) -> LoadReport:
+    """Load pretrained encoder (or MAE) weights into a ViTDet backbone.
+
+    Args:
+        model: the backbone (unpartitioned; under ZeRO-3 gather per module and load
+            :func:`map_pretrained_keys`'s output instead).
+        state_dict: a :class:`VisionTransformer` / converted backbone state dict, or a
+            :class:`MaskedAutoencoder` one.
+        strict: raise if a key is unexpected or if a backbone key other than
+            :func:`new_parameter_names` is missing (shape mismatches always raise).
+
+    Returns:
+        A :class:`LoadReport`; ``missing_keys`` normally equals :func:`new_parameter_names`.
+    """
+    mapped, dropped = map_pretrained_keys(state_dict)
+    result = model.load_state_dict(mapped, strict=False)
+    report = LoadReport(sorted(result.missing_keys), sorted(result.unexpected_keys),
+                        sorted(dropped))
+    if strict:
+        new = set(new_parameter_names(model))
+        lacking = [k for k in report.missing_keys if k not in new]
+        if report.unexpected_keys or lacking:
+            raise ValueError(f"pretrained weights do not fit the backbone: unexpected keys "
+                             f"{report.unexpected_keys}, missing pretrained keys {lacking}")
+    return report
+
+
+__all__ = ["ViTDetAttention", "ViTDetBackbone", "SimpleFeaturePyramid", "ScaleBlock", "LoadReport",
+           "create_vitdet", "load_pretrained_encoder", "map_pretrained_keys", "new_parameter_names",
+           "window_partition", "window_unpartition", "decomposed_rel_pos_bias",
+           "relative_position_table"]
