@@ -1,0 +1,135 @@
+"""MAE training-step throughput: DeepSpeed ZeRO-3 over N ranks vs a plain single-process loop.
+
+Both run the same model, global batch and precision on in-memory images (the data path has its own
+benchmark, bench/data_throughput.py), so the ratio isolates what ZeRO-3 sharding and its
+collectives cost or save. The plain loop uses every core in one process; the ZeRO-3 ranks split
+the cores between them.
+
+    python bench/pretrain_step.py --preset debug --batch 32 --steps 10
+    python bench/pretrain_step.py --preset vit_b12x1 --batch 16 --steps 4 --precision bf16
+
+Prints step time, images/s, achieved TFLOP/s, and the ratio ZeRO-3 / plain. Never asserts times.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rsfm_ds.models.mae import create_mae, mae_train_flops  # noqa: E402
+
+
+def timed_steps(step, warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
+
+
+def plain(args) -> dict:
+    torch.manual_seed(0)
+    model = create_mae(args.preset, img_size=args.img_size)
+    model.set_grad_checkpointing(args.grad_ckpt)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    imgs = torch.randn(args.batch, 3, args.img_size, args.img_size)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    def step():
+        with autocast:
+            loss, _, _ = model(imgs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return dict(step_s=timed_steps(step, args.warmup, args.steps))
+
+
+def worker(args) -> None:
+    from rsfm_ds.engine.config import OptimConfig
+    from rsfm_ds.engine.deepspeed_setup import (build_model, init_distributed, initialize, load_ds_config,
+                                                model_dtype, reconcile_ds_config)
+    from rsfm_ds.engine.param_groups import build_param_groups
+
+    rank, _, world = init_distributed()
+    ds = reconcile_ds_config(load_ds_config(args.ds_config), micro_batch_size=args.batch // world,
+                             global_batch_size=args.batch, world_size=world, precision=args.precision,
+                             clip_grad=1.0)
+    torch.manual_seed(0)
+    model = build_model(lambda: create_mae(args.preset, img_size=args.img_size), ds, zero_init=False)
+    model.set_grad_checkpointing(args.grad_ckpt)
+    engine, _ = initialize(model, build_param_groups(model, 0.05), ds, OptimConfig())
+    imgs = torch.randn(args.batch // world, 3, args.img_size, args.img_size, dtype=model_dtype(args.precision))
+
+    def step():
+        loss, _, _ = engine(imgs)
+        engine.backward(loss)
+        engine.step()
+
+    step_s = timed_steps(step, args.warmup, args.steps)
+    import resource
+
+    rss = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
+    torch.distributed.all_reduce(rss, op=torch.distributed.ReduceOp.MAX)
+    if rank == 0:
+        print("RESULT " + json.dumps(dict(step_s=step_s, peak_rss_gb=rss.item())), flush=True)
+
+
+def zero3(args) -> dict:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(args.ranks), "--master_port",
+           str(port), str(Path(__file__).resolve()), "--worker", *sys.argv[1:]]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.ranks))}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if "RESULT " in line:
+            return json.loads(line.split("RESULT ", 1)[1])
+    raise RuntimeError(f"ZeRO-3 worker failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="debug")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=32, help="global batch (split over the ZeRO-3 ranks)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--ranks", type=int, default=2)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing in both runs")
+    p.add_argument("--ds-config", default=str(ROOT / "ds_configs" / "cpu_debug.json"))
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    flops = mae_train_flops(args.preset, args.img_size)
+    z = zero3(args)
+    b = plain(args)
+    print(f"MAE {args.preset} @{args.img_size}px, global batch {args.batch}, {args.precision}, "
+          f"activation checkpointing {'on' if args.grad_ckpt else 'off'}, {os.cpu_count()} cores")
+    print(f"{'run':<28} {'step (s)':>9} {'images/s':>9} {'TFLOP/s':>8}")
+    for name, r in [(f"ZeRO-3, {args.ranks} ranks (gloo)", z), ("plain PyTorch, 1 process", b)]:
+        ips = args.batch / r["step_s"]
+        print(f"{name:<28} {r['step_s']:>9.3f} {ips:>9.1f} {ips * flops / 1e12:>8.3f}")
+    print(f"ratio ZeRO-3 / plain (images/s): {b['step_s'] / z['step_s']:.2f}; "
+          f"ZeRO-3 peak RSS per rank {z['peak_rss_gb']:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training engines: MAE pretraining and the shared fine-tuning engine, on DeepSpeed."""

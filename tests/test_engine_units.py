@@ -1,0 +1,133 @@
+"""Engine pieces that need no process group: DeepSpeed config reconciliation, schedules,
+parameter groups, checkpoint bookkeeping, the run config."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rsfm_ds.config import ConfigError, load_config
+from rsfm_ds.engine import checkpointing
+from rsfm_ds.engine.config import PretrainConfig
+from rsfm_ds.engine.deepspeed_setup import load_ds_config, reconcile_ds_config
+from rsfm_ds.engine.param_groups import build_param_groups
+from rsfm_ds.engine.schedule import warmup_cosine, warmup_multistep, warmup_poly
+from rsfm_ds.models.mae import create_mae
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ds_config_is_filled_from_the_run_config():
+    ds = reconcile_ds_config({"zero_optimization": {"stage": 3}}, micro_batch_size=8, global_batch_size=64,
+                             world_size=2, precision="bf16", clip_grad=1.0)
+    assert ds["train_micro_batch_size_per_gpu"] == 8
+    assert ds["gradient_accumulation_steps"] == 4
+    assert ds["train_batch_size"] == 64
+    assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
+    assert ds["gradient_clipping"] == 1.0
+
+
+@pytest.mark.parametrize("ds, message", [
+    ({"train_batch_size": 128}, "train_batch_size is 128 but train.global_batch_size gives 64"),
+    ({"train_micro_batch_size_per_gpu": 4}, "train_micro_batch_size_per_gpu is 4"),
+    ({"fp16": {"enabled": True}}, "fp16.enabled is True but train.precision is 'bf16'"),
+    ({"bf16": {"enabled": False}}, "bf16.enabled is False but train.precision is 'bf16'"),
+    ({"gradient_clipping": 0.5}, "gradient_clipping is 0.5 but optim.clip_grad gives 1.0"),
+])
+def test_contradicting_ds_config_is_refused(ds, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        reconcile_ds_config(ds, micro_batch_size=8, global_batch_size=64, world_size=2,
+                            precision="bf16", clip_grad=1.0, source="x.json")
+
+
+def test_global_batch_must_divide_over_ranks():
+    with pytest.raises(ConfigError, match="train.global_batch_size: 48 is not a multiple of .* = 32"):
+        reconcile_ds_config({}, micro_batch_size=16, global_batch_size=48, world_size=2,
+                            precision="fp32", clip_grad=None)
+
+
+@pytest.mark.parametrize("name", ["zero3_bf16", "zero3_fp16", "zero3_offload", "cpu_debug"])
+def test_shipped_ds_configs_load_and_reconcile(name):
+    ds = load_ds_config(str(ROOT / "ds_configs" / f"{name}.json"))
+    precision = "fp16" if "fp16" in name else "bf16"
+    out = reconcile_ds_config(ds, micro_batch_size=4, global_batch_size=64, world_size=8,
+                              precision=precision, clip_grad=None)
+    assert out["zero_optimization"]["stage"] == 3
+    assert out["gradient_accumulation_steps"] == 2
+
+
+def test_warmup_cosine_by_hand():
+    assert warmup_cosine(0, 100, 10, 1.0) == 0.0
+    assert warmup_cosine(5, 100, 10, 1.0) == 0.5
+    assert warmup_cosine(10, 100, 10, 1.0) == 1.0
+    assert math.isclose(warmup_cosine(55, 100, 10, 1.0), 0.5)
+    assert math.isclose(warmup_cosine(100, 100, 10, 1.0, floor=0.1), 0.1)
+    assert math.isclose(warmup_cosine(32, 100, 10, 2.0), 0.5 * 2.0 * (1 + math.cos(math.pi * 22 / 90)))
+
+
+def test_poly_and_multistep_by_hand():
+    assert math.isclose(warmup_poly(50, 100, 0, 1.0, power=1.0), 0.5)
+    assert math.isclose(warmup_poly(50, 100, 0, 1.0, power=0.9), 0.5 ** 0.9)
+    assert warmup_multistep(7, 0, 1.0, [8, 11]) == 1.0
+    assert math.isclose(warmup_multistep(8, 0, 1.0, [8, 11]), 0.1)
+    assert math.isclose(warmup_multistep(11, 0, 1.0, [8, 11]), 0.01)
+    assert math.isclose(warmup_multistep(0, 10, 1.0, [8, 11], warmup_ratio=1 / 3), 1 / 3)
+
+
+def test_pretrain_param_groups_exempt_norms_biases_and_tokens():
+    mae = create_mae("debug", img_size=64)
+    groups = build_param_groups(mae, weight_decay=0.05)
+    decayed = {n for g in groups if g["weight_decay"] > 0 for n in g["names"]}
+    exempt = {n for g in groups if g["weight_decay"] == 0 for n in g["names"]}
+    assert "encoder.cls_token" in exempt and "mask_token" in exempt
+    assert "encoder.norm.weight" in exempt and "encoder.blocks.0.attns.0.attn.proj.bias" in exempt
+    assert "encoder.blocks.0.attns.0.attn.qkv.weight" in decayed
+    assert "encoder.patch_embed.proj.weight" in decayed
+    assert decayed | exempt == {n for n, _ in mae.named_parameters()}
+    assert not decayed & exempt
+
+
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
+    for step, complete in [(10, True), (20, True), (30, False)]:
+        d = tmp_path / checkpointing.tag_for(step)
+        d.mkdir()
+        if complete:
+            (d / checkpointing.COMPLETE_MARKER).write_text(str(step))
+    assert checkpointing.resolve_resume("auto", tmp_path) == tmp_path / "step_00000020"
+    assert checkpointing.resolve_resume(None, tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="step_00000030 is not a complete checkpoint"):
+        checkpointing.resolve_resume(str(tmp_path / "step_00000030"), tmp_path)
+    assert checkpointing.resolve_resume("auto", tmp_path / "nothing-here") is None
+
+
+def test_prune_keeps_the_last_k_and_drops_stale_partials(tmp_path):
+    for step in (10, 20, 30, 40):
+        d = tmp_path / checkpointing.tag_for(step)
+        d.mkdir()
+        if step != 20:
+            (d / checkpointing.COMPLETE_MARKER).write_text(str(step))
+    checkpointing.prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000030", "step_00000040"]
+
+
+def test_rng_state_round_trip():
+    g = torch.Generator().manual_seed(3)
+    state = checkpointing.rng_state(g)
+    a = (torch.rand(3), torch.rand(3, generator=g))
+    checkpointing.set_rng_state(state, g)
+    b = (torch.rand(3), torch.rand(3, generator=g))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("preset", ["debug", "vit_b12x1", "vit_l12x4", "vit_1b3", "vit_2b4"])
+def test_shipped_pretrain_configs_validate(preset):
+    cfg = load_config(PretrainConfig, ROOT / "configs" / "pretrain" / f"{preset}.yaml")
+    assert cfg.model.preset == preset
+    assert cfg.train.global_batch_size % cfg.train.micro_batch_size == 0
+
+
+def test_run_config_cross_checks_name_the_field():
+    with pytest.raises(ConfigError, match="data.img_size: 96 differs from model.img_size 224"):
+        load_config(PretrainConfig, overrides=["data.img_size=96", "model.img_size=224"])
+    with pytest.raises(ConfigError, match="model.img_size: must be a positive multiple of the patch size 16"):
+        load_config(PretrainConfig, overrides=["model.img_size=100", "data.img_size=100"])
