@@ -627,10 +627,35 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
         verb.set_defaults(func=guarded(verb.get_default("func")))
 
 
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="markdown report with plots from pretraining and fine-tuning runs")
+    p.add_argument("--out", required=True, help="report file (plots are written beside it)")
+    p.add_argument("--pretrain", default=None, help="pretraining run_dir")
+    p.add_argument("--finetune", action="append", default=[], metavar="NAME=RUN_DIR",
+                   help="a fine-tuning run_dir under a name (repeatable)")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from .report import write_report
+
+        finetunes = {}
+        for item in args.finetune:
+            if "=" not in item:
+                raise ConfigError(f"--finetune {item!r}: expected NAME=RUN_DIR")
+            name, run_dir = item.split("=", 1)
+            finetunes[name] = Path(run_dir)
+        path = write_report(Path(args.out), Path(args.pretrain) if args.pretrain else None, finetunes)
+        print(f"report: {path}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # Verb groups in the order `rsfm --help` lists them.
 COMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_models, add_pretrain, add_synth,
                                                                 add_shards, add_potsdam, add_dota, add_finetune,
-                                                                add_eval, add_convert]
+                                                                add_eval, add_convert, add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

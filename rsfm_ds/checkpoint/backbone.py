@@ -1,0 +1,245 @@
+"""``rsfm convert mae-to-backbone``: MAE (or encoder) weights -> backbone safetensors + json sidecar.
+
+Key mapping (the same rules :func:`~rsfm_ds.checkpoint.loading.load_backbone` applies):
+
+==========================================  ===============================================
+source key                                  backbone key
+==========================================  ===============================================
+MAE ``encoder.<key>``                       ``<key>`` (``cls_token``, ``patch_embed.proj.*``,
+                                            ``blocks.{i}.*``, ``norm.*``)
+MAE ``decoder_*``, ``mask_token``           dropped
+``pos_embed``                               dropped (see below)
+``head.*``                                  dropped (a classifier is not part of a backbone)
+an encoder / converted backbone ``<key>``   ``<key>``
+==========================================  ===============================================
+
+Position table: the encoder's is a fixed 2-D sin-cos function of the patch grid
+(:func:`~rsfm_ds.models.vit.sincos_pos_embed_2d`), a non-persistent buffer that our backbones
+(``VisionTransformer``, ``ViTDetBackbone``) recompute exactly for whatever input size they get.
+"Resampling it to the target grid" is therefore exact recomputation, and the converted file stores
+no table. ``img_size`` is recorded in the sidecar (the resolution the backbone is meant for); tools
+that expect a stored table (timm-style ViTs with ``pos_embed`` parameters) get one for that grid
+with ``with_pos_embed=True``. :func:`resample_pos_embed` moves any table between grids: a sin-cos
+table is recomputed, a learned one interpolated bicubically with timm's ``resample_abs_pos_embed``.
+
+Sidecar ``<out>.json`` (format version 1): ``format``, ``format_version``, ``preset``, ``step``,
+``samples_seen``, ``world_size``, ``source``, ``img_size``, ``patch_size``, ``grid``, ``dtype``,
+``with_pos_embed``, ``num_tensors``, ``num_params``, ``pos_embed`` (how positions are handled).
+The same provenance is in the safetensors header.
+"""
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..models.presets import PRESETS, create_vit, get_preset
+from ..models.vit import sincos_pos_embed_2d
+from .safetensors_io import (DTYPES, FORMAT_VERSION, ConversionResult, TensorInfo, provenance,
+                             write_safetensors)
+from .sources import open_source
+
+POS_EMBED_NOTE = ("not stored: a fixed 2-D sin-cos function of the patch grid, recomputed exactly by the "
+                  "backbone for any input size")
+
+
+def map_to_backbone(names: Iterable[str]) -> Tuple[Dict[str, str], List[str]]:
+    """Source name -> backbone name for the names a backbone keeps, and the names dropped by design.
+
+    A source with any ``encoder.`` key is read as a :class:`~rsfm_ds.models.mae.MaskedAutoencoder`.
+    """
+    names = list(names)
+    is_mae = any(n.startswith("encoder.") for n in names)
+    mapping: Dict[str, str] = {}
+    dropped: List[str] = []
+    for name in names:
+        local = name
+        if is_mae:
+            if not name.startswith("encoder."):
+                dropped.append(name)
+                continue
+            local = name[len("encoder."):]
+        if local == "pos_embed" or local.startswith("head."):
+            dropped.append(name)
+            continue
+        mapping[name] = local
+    return mapping, dropped
+
+
+@lru_cache(maxsize=None)
+def _preset_shapes(preset: str) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+    with torch.device("meta"):  # no memory, even for the 2.4B preset
+        model = create_vit(preset, class_token=True)
+    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+
+def preset_shapes(preset: str) -> Dict[str, Tuple[int, ...]]:
+    """State-dict shapes of the :class:`VisionTransformer` of ``preset``, in state-dict order."""
+    return dict(_preset_shapes(preset))
+
+
+def first_mismatch(have: Dict[str, Tuple[int, ...]], want: Dict[str, Tuple[int, ...]]
+                   ) -> Optional[Tuple[str, Optional[Tuple[int, ...]], Optional[Tuple[int, ...]]]]:
+    """The first key of ``want`` (in its order) whose shape in ``have`` differs or is absent, then the
+    first key of ``have`` that ``want`` lacks: ``(key, have_shape, want_shape)``, or None."""
+    for key, shape in want.items():
+        if have.get(key) != shape:
+            return key, have.get(key), shape
+    for key, shape in have.items():
+        if key not in want:
+            return key, shape, None
+    return None
+
+
+def infer_preset(shapes: Dict[str, Tuple[int, ...]]) -> Optional[str]:
+    """The registered preset whose encoder has exactly these backbone keys and shapes, if any."""
+    for name in PRESETS:
+        if first_mismatch(shapes, preset_shapes(name)) is None:
+            return name
+    return None
+
+
+def check_preset(shapes: Dict[str, Tuple[int, ...]], preset: Optional[str], source: str) -> str:
+    """The preset of backbone ``shapes``: ``preset`` (verified) or inferred.
+
+    Raises ValueError naming the first mismatched key and both shapes when the weights do not
+    match ``preset``, or when no preset matches.
+    """
+    if preset is None:
+        found = infer_preset(shapes)
+        if found is None:
+            raise ValueError(f"{source}: the backbone weights match no registered preset "
+                             f"({', '.join(PRESETS)})")
+        return found
+    get_preset(preset)
+    mismatch = first_mismatch(shapes, preset_shapes(preset))
+    if mismatch is not None:
+        key, have, want = mismatch
+        raise ValueError(f"{source}: does not match preset {preset!r}: key {key!r} has shape "
+                         f"{_shape(have)} in the checkpoint, {_shape(want)} in the preset")
+    return preset
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, dst_grid: Sequence[int], num_prefix_tokens: int = 1,
+                       src_grid: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """Move a position table ``[1, prefix + gh*gw, D]`` to the grid ``dst_grid``.
+
+    Same grid: the input itself (the identity). A fixed sin-cos table (equal to
+    :func:`sincos_pos_embed_2d` of its grid within 1e-6, prefix rows zero) is recomputed exactly for
+    the new grid; any other (learned) table is interpolated bicubically with timm's
+    ``resample_abs_pos_embed``. ``src_grid`` defaults to the square grid of the table's length.
+    """
+    length = pos_embed.shape[1] - num_prefix_tokens
+    if src_grid is None:
+        side = math.isqrt(length)
+        if side * side != length:
+            raise ValueError(f"pos_embed has {length} patch rows, not a square grid; pass src_grid")
+        src_grid = (side, side)
+    src, dst = tuple(int(g) for g in src_grid), tuple(int(g) for g in dst_grid)
+    if src == dst:
+        return pos_embed
+    dim = pos_embed.shape[-1]
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    fixed = sincos_pos_embed_2d(dim, src).to(patches)
+    if torch.allclose(patches, fixed, rtol=0, atol=1e-6) and not prefix.any():
+        table = sincos_pos_embed_2d(dim, dst).to(pos_embed)
+        return torch.cat([prefix, table], dim=1)
+    from timm.layers import resample_abs_pos_embed
+
+    return resample_abs_pos_embed(pos_embed, new_size=list(dst), old_size=list(src),
+                                  num_prefix_tokens=num_prefix_tokens)
+
+
+def convert_backbone(src: Union[str, Path], out: Path, *, kind: str, tag: Optional[str] = None,
+                     dtype: str = "fp32", img_size: Optional[int] = None, with_pos_embed: bool = False
+                     ) -> ConversionResult:
+    """Write the backbone of ``src`` to the safetensors file ``out`` and its sidecar ``out.json``.
+
+    Shared by :func:`mae_to_backbone` and :func:`~rsfm_ds.checkpoint.timm_export.to_timm`
+    (``kind`` is the ``rsfm_format`` written into the header; ``timm`` also records the timm model
+    name as ``timm_model``).
+    """
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: the output must be a .safetensors file")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    source = open_source(src, tag)
+    infos = source.infos()
+    mapping, _ = map_to_backbone(infos)
+    if not mapping:
+        raise ValueError(f"{source.path}: no backbone weights found (no encoder.* or ViT keys)")
+    shapes = {local: infos[name].shape for name, local in mapping.items()}
+    preset = check_preset(shapes, source.metadata.get("preset"), str(source.path))
+    p = get_preset(preset)
+    img_size = int(img_size or source.metadata.get("img_size") or 224)
+    if img_size % p.patch_size:
+        raise ValueError(f"img_size {img_size} is not a multiple of the patch size {p.patch_size}")
+    grid = (img_size // p.patch_size,) * 2
+    torch_dtype = DTYPES[dtype]
+    entries = [(local, TensorInfo(infos[name].shape, torch_dtype if infos[name].dtype.is_floating_point
+                                  else infos[name].dtype)) for name, local in mapping.items()]
+    source_of = {local: name for name, local in mapping.items()}
+    table = sincos_pos_embed_2d(p.embed_dim, grid, cls_token=True)
+    if with_pos_embed:
+        entries.append(("pos_embed", TensorInfo(tuple(table.shape), torch_dtype)))
+    fields = {k: v for k, v in source.metadata.items() if k in ("step", "samples_seen", "world_size")}
+    metadata = provenance(kind, preset=preset, **fields, source=str(source.path), img_size=img_size,
+                          dtype=dtype, with_pos_embed=with_pos_embed,
+                          timm_model=f"rsfm_{preset}" if kind == "timm" else None)
+
+    def get(name: str) -> torch.Tensor:
+        return table if name == "pos_embed" else source.get(source_of[name])
+
+    write_safetensors(out, entries, get, metadata)
+    num_params = sum(info.numel for _, info in entries)
+    sidecar = out.with_suffix(".json")
+    sidecar.write_text(json.dumps({
+        "format": f"rsfm-{kind}", "format_version": FORMAT_VERSION, "preset": preset,
+        "step": _int_or_none(fields.get("step")), "samples_seen": _int_or_none(fields.get("samples_seen")),
+        "world_size": _int_or_none(fields.get("world_size")), "source": str(source.path),
+        "img_size": img_size, "patch_size": p.patch_size, "grid": list(grid), "dtype": dtype,
+        "with_pos_embed": with_pos_embed, "num_tensors": len(entries), "num_params": num_params,
+        "pos_embed": f"stored for the {grid[0]}x{grid[1]} grid (sin-cos)" if with_pos_embed else POS_EMBED_NOTE,
+    }, indent=2) + "\n")
+    return ConversionResult([out, sidecar], len(entries), num_params, metadata)
+
+
+def mae_to_backbone(src: Union[str, Path], out: Union[str, Path], img_size: Optional[int] = None,
+                    dtype: str = "fp32", with_pos_embed: bool = False, tag: Optional[str] = None
+                    ) -> ConversionResult:
+    """MAE checkpoint -> backbone weights: ``out`` (safetensors) plus ``out`` with ``.json``.
+
+    Args:
+        src: a ZeRO tag directory or checkpoints folder (newest complete tag, or ``tag``), our
+            ``zero-to-fp32`` output (folder, ``model.safetensors`` or its index json), or any
+            encoder / backbone file :func:`~rsfm_ds.checkpoint.sources.open_source` reads.
+        out: output ``.safetensors`` file.
+        img_size: resolution the backbone is meant for (default: the pretraining resolution);
+            recorded, and the grid of the stored table with ``with_pos_embed``.
+        dtype: ``fp32``, ``bf16`` or ``fp16`` for floating tensors.
+        with_pos_embed: also store ``pos_embed [1, 1 + (img_size/p)^2, D]`` (sin-cos, zero class
+            row) for tools that expect a stored table; our backbones do not need it.
+        tag: tag within a checkpoints folder.
+
+    Raises:
+        ValueError: naming the key and both shapes when the weights do not fit their preset.
+    """
+    return convert_backbone(src, Path(out), kind="backbone", tag=tag, dtype=dtype, img_size=img_size,
+                            with_pos_embed=with_pos_embed)
+
+
+def _shape(shape: Optional[Tuple[int, ...]]) -> str:
+    return "(absent)" if shape is None else str(tuple(shape))
+
+
+def _int_or_none(value: Optional[str]) -> Optional[int]:
+    return None if value is None else int(value)
+
+
+__all__ = ["map_to_backbone", "preset_shapes", "first_mismatch", "infer_preset", "check_preset",
+           "resample_pos_embed", "convert_backbone", "mae_to_backbone", "POS_EMBED_NOTE"]

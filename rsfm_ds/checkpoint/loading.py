@@ -1,0 +1,159 @@
+"""``load_backbone``: pretrained weights into a backbone, plain or ZeRO-3 partitioned, strictly.
+
+Reads anything :func:`~rsfm_ds.checkpoint.sources.open_source` reads (a converted file, a ZeRO
+checkpoint directory, a timm file) and maps keys with the rules of
+:func:`~rsfm_ds.checkpoint.backbone.map_to_backbone`, then:
+
+* checks shapes first, in the model's key order, and fails on the first mismatch naming the key
+  and both shapes (a checkpoint of another preset fails there);
+* is strict for the backbone: every backbone key must come from the checkpoint, except the
+  backbone's *new* parameters (``ViTDetBackbone``'s pyramid and relative-position tables, a
+  ``VisionTransformer``'s classifier ``head``); keys of the model outside ``prefix`` (detection or
+  segmentation heads) are never expected. Checkpoint keys with no place in the backbone are
+  unexpected (an error when strict), except those dropped by design (MAE decoder, mask token,
+  stored position table, classifier head, and the class token for backbones without one);
+* copies per module. Under ZeRO-3 each parameter holds only its rank's partition (``numel()`` is
+  0 and ``load_state_dict`` fails with "size mismatch ... [0]"), so for each module with
+  partitioned parameters all ranks enter ``deepspeed.zero.GatheredParameters(params,
+  modifier_rank=0)``, rank 0 copies the tensors in, and DeepSpeed re-partitions rank 0's values on
+  exit; only rank 0 reads checkpoint data. Peak memory is one module's parameters.
+
+Call it before ``deepspeed.initialize``: the ZeRO optimizer takes its fp32 master copy of the
+parameters at initialisation, and a later load would be overwritten by the first step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Set, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .backbone import map_to_backbone
+from .sources import TensorSource, open_source
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_backbone` did; key names are the model's (with ``prefix``) unless noted.
+
+    Attributes:
+        source: the path read.
+        loaded: model keys filled from the checkpoint.
+        missing_keys: model keys under ``prefix`` the checkpoint did not fill (the backbone's new
+            parameters; anything else is an error when strict).
+        unexpected_keys: checkpoint keys, in backbone names, with no place in the backbone.
+        dropped_keys: checkpoint keys (their own names) left out by design.
+        metadata: provenance of the checkpoint (preset, step, samples seen...).
+    """
+
+    source: str
+    loaded: List[str] = field(default_factory=list)
+    missing_keys: List[str] = field(default_factory=list)
+    unexpected_keys: List[str] = field(default_factory=list)
+    dropped_keys: List[str] = field(default_factory=list)
+    metadata: Dict[str, str] = field(default_factory=dict)
+
+
+def new_backbone_keys(backbone: nn.Module) -> Set[str]:
+    """Keys of ``backbone`` that no pretrained encoder provides (allowed to stay missing)."""
+    from ..models.vit import VisionTransformer
+    from ..models.vitdet import ViTDetBackbone, new_parameter_names
+
+    if isinstance(backbone, ViTDetBackbone):
+        return set(new_parameter_names(backbone))
+    if isinstance(backbone, VisionTransformer):
+        return {k for k in backbone.state_dict(keep_vars=True) if k.startswith("head.")}
+    return set()
+
+
+def _shape(t: torch.Tensor) -> Tuple[int, ...]:
+    """Full shape of a tensor, also when it is a ZeRO-3 partition (``ds_shape``)."""
+    return tuple(getattr(t, "ds_shape", t.shape))
+
+
+def load_backbone(model: nn.Module, path: Union[str, Path], strict_backbone: bool = True, prefix: str = "",
+                  tag: Optional[str] = None) -> LoadReport:
+    """Load pretrained backbone weights into ``model`` (or into its submodule ``prefix``).
+
+    Args:
+        model: the model; plain, or built under ``deepspeed.zero.Init`` (ZeRO-3), in which case
+            every rank must call this (it is collective).
+        path: converted safetensors file / index / folder, ZeRO tag directory or checkpoints folder,
+            or a timm ``.safetensors`` / ``.pth`` file.
+        strict_backbone: raise when a backbone key is missing or a checkpoint key is unexpected.
+        prefix: where the backbone lives in ``model`` (e.g. ``"backbone."``); empty when ``model``
+            is the backbone.
+        tag: tag within a checkpoints folder (default: newest complete).
+
+    Returns:
+        A :class:`LoadReport`.
+
+    Raises:
+        ValueError: a shape mismatch (first mismatched key, both shapes), or, when strict, missing
+            backbone keys / unexpected checkpoint keys (listed).
+    """
+    prefix = prefix if not prefix or prefix.endswith(".") else prefix + "."
+    backbone = model.get_submodule(prefix[:-1]) if prefix else model
+    source = open_source(path, tag)
+    infos = source.infos()
+    mapping, dropped = map_to_backbone(infos)
+    targets = backbone.state_dict(keep_vars=True)  # persistent entries only: what a checkpoint holds
+    report = LoadReport(source=str(path), metadata=dict(source.metadata))
+
+    provided: Dict[str, str] = {}  # backbone key -> source key
+    for src, dst in mapping.items():
+        if dst in targets:
+            provided[dst] = src
+        elif dst == "cls_token":  # windowed backbones have no class token: dropped by design
+            dropped.append(src)
+        else:
+            report.unexpected_keys.append(dst)
+    report.dropped_keys = dropped
+
+    for key, tensor in targets.items():
+        if key in provided and tuple(infos[provided[key]].shape) != _shape(tensor):
+            preset = source.metadata.get("preset")
+            raise ValueError(
+                f"{path}: backbone key {prefix + key!r} has shape {tuple(infos[provided[key]].shape)} in the "
+                f"checkpoint{f' (preset {preset})' if preset else ''} but {_shape(tensor)} in the model; "
+                f"the checkpoint is of another preset or architecture")
+    new = new_backbone_keys(backbone)
+    report.missing_keys = [prefix + k for k in targets if k not in provided]
+    lacking = [k for k in targets if k not in provided and k not in new]
+    if strict_backbone and (lacking or report.unexpected_keys):
+        raise ValueError(f"{path}: the checkpoint does not fit the backbone{f' at {prefix!r}' if prefix else ''}: "
+                         f"missing backbone keys {_few(lacking)}, unexpected checkpoint keys "
+                         f"{_few(report.unexpected_keys)}")
+
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    for module_name, module in backbone.named_modules():
+        local = f"{module_name}." if module_name else ""
+        params = [(n, p) for n, p in module.named_parameters(recurse=False) if local + n in provided]
+        buffers = [(n, b) for n, b in module.named_buffers(recurse=False) if local + n in provided]
+        zero3 = [(n, p) for n, p in params if hasattr(p, "ds_id")]
+        if zero3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p for _, p in zero3], modifier_rank=0):
+                if rank == 0:
+                    _copy(zero3, local, provided, source)
+        # Replicated parameters and buffers (never partitioned): every rank copies its own.
+        _copy([(n, p) for n, p in params if not hasattr(p, "ds_id")] + buffers, local, provided, source)
+        report.loaded += [prefix + local + n for n, _ in params + buffers]
+    return report
+
+
+def _copy(tensors: List[Tuple[str, torch.Tensor]], local: str, provided: Dict[str, str],
+          source: TensorSource) -> None:
+    with torch.no_grad():
+        for name, tensor in tensors:
+            tensor.data.copy_(source.get(provided[local + name]))
+
+
+def _few(keys: List[str], n: int = 8) -> str:
+    return "[]" if not keys else ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+__all__ = ["LoadReport", "load_backbone", "new_backbone_keys"]
