@@ -1,0 +1,228 @@
+"""Semantic segmentation fine-tuning: ViTDet backbone + UperNet on Potsdam, LoveDA or any
+mmseg-layout dataset, on the shared engine (``finetune.py``).
+
+Training reads random crops (``SegDataset``); evaluation runs sliding-window inference over whole
+images (windows of ``crop`` with ``stride``, logits averaged by a count map) and accumulates one
+confusion matrix per rank, summed over ranks, from which OA, per-class IoU / F1, mIoU and mF1
+follow with mmseg's semantics (dataset-summed areas, nanmean). Predictions can be written as index
+PNGs for ``rsfm eval seg``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from ..config import check
+from ..data.loveda import LOVEDA_CLASSES, loveda_pairs
+from ..data.potsdam import class_names as potsdam_class_names
+from ..data.seg_dataset import SegDataset, mmseg_pairs
+from ..evaluation.seg_metrics import SegMetric, metrics_from_confusion
+from ..evaluation.sliding_window import sliding_window_inference
+from ..models.heads.upernet import UperNet
+from ..models.vitdet import ViTDetBackbone, create_vitdet
+from .config import FinetuneConfig, ScheduleConfig
+from .finetune import FinetuneTask
+
+DATASETS = ("potsdam", "loveda", "mmseg")
+
+
+@dataclass
+class SegDataConfig:
+    """Where the segmentation data is and how it is read."""
+
+    dataset: str = "potsdam"
+    """potsdam (the output of rsfm potsdam prepare), loveda (the raw LoveDA tree) or mmseg (any
+    img_dir/ann_dir layout with index PNGs)."""
+    root: str = "data/potsdam_prepared"
+    """Dataset root."""
+    num_classes: int = 5
+    """Scored classes (Potsdam 5 with clutter ignored, or 6; LoveDA 7)."""
+    class_names: Optional[Tuple[str, ...]] = None
+    """Names for reports; null takes the dataset's."""
+    ignore_index: int = 255
+    """Label value that is neither trained on nor scored."""
+    crop_size: int = 512
+    """Training crop side; also the sliding window of evaluation."""
+    eval_stride: int = 384
+    """Sliding-window stride at evaluation (LoveDA protocol: 384; Potsdam crops: any)."""
+    cat_max_ratio: Optional[float] = 0.75
+    """mmseg RandomCrop: retry crops where one class covers more than this fraction."""
+    photometric: bool = True
+    """Photometric distortion in training."""
+    flip_test: bool = False
+    """Horizontal-flip test-time augmentation."""
+    fraction: float = 1.0
+    """Fraction of the training set used (data-efficiency study: 0.01, 0.05, 0.1, 1.0)."""
+    fraction_seed: int = 0
+    """Seed of the training subset (fixed per study, nested across fractions)."""
+    save_predictions: bool = False
+    """Write index PNGs of the final evaluation to run_dir/eval/step_*/pred."""
+
+    def __post_init__(self):
+        check(self.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, got {self.dataset!r}")
+        check(self.num_classes > 1, "num_classes", f"must be > 1, got {self.num_classes}")
+        check(0 <= self.ignore_index <= 255, "ignore_index", f"must be in 0..255, got {self.ignore_index}")
+        check(self.crop_size % 32 == 0, "crop_size", f"must be a multiple of 32, got {self.crop_size}")
+        check(0 < self.eval_stride <= self.crop_size, "eval_stride",
+              f"must be in (0, crop_size], got {self.eval_stride}")
+        check(0 < self.fraction <= 1, "fraction", f"must be in (0, 1], got {self.fraction}")
+        check(self.class_names is None or len(self.class_names) == self.num_classes, "class_names",
+              f"needs num_classes={self.num_classes} names")
+
+
+@dataclass
+class UperNetConfig:
+    """The UperNet decode head and its auxiliary FCN head."""
+
+    channels: int = 512
+    """UperNet width."""
+    aux_weight: float = 0.4
+    """Weight of the auxiliary FCN loss (0 disables the auxiliary head)."""
+    aux_channels: int = 256
+    """Auxiliary head width."""
+    dropout: float = 0.1
+    """Dropout before the classifiers."""
+    norm: str = "bn"
+    """bn (BatchNorm, statistics per rank) or gn (GroupNorm, batch-size independent)."""
+
+    def __post_init__(self):
+        check(self.channels > 0, "channels", f"must be positive, got {self.channels}")
+        check(self.aux_weight >= 0, "aux_weight", f"must be >= 0, got {self.aux_weight}")
+        check(self.norm in ("bn", "gn"), "norm", f"must be bn or gn, got {self.norm!r}")
+
+
+@dataclass
+class SegFinetuneConfig(FinetuneConfig):
+    """Segmentation fine-tuning run (rsfm finetune seg)."""
+
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    """Data."""
+    head: UperNetConfig = field(default_factory=UperNetConfig)
+    """UperNet head."""
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(
+        by="iter", length=160_000, type="poly", milestones=(), warmup=1500, warmup_ratio=1e-6))
+    """Length and schedule (segmentation recipe: 160k iterations, poly, 1500 warm-up)."""
+
+    def __post_init__(self):
+        check(self.data.crop_size == self.backbone.img_size, "data.crop_size",
+              f"{self.data.crop_size} differs from backbone.img_size {self.backbone.img_size}")
+
+
+class SegmentationModel(nn.Module):
+    """ViTDet backbone + UperNet. Training: ``forward(batch)`` -> loss dict; ``logits(images)``
+    -> ``[B, K, H, W]`` at input resolution."""
+
+    def __init__(self, backbone: ViTDetBackbone, head: UperNet):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def init_module(self, m: nn.Module) -> None:
+        """Per-module initialisation for ZeRO-3 builds: backbone rules inside the backbone; the
+        head's layers keep PyTorch's defaults, re-applied here."""
+        if any(m is b for b in self.backbone.modules()):
+            self.backbone.init_module(m)
+        elif hasattr(m, "reset_parameters") and m is not self:
+            m.reset_parameters()
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head.predict(self.backbone(images), images.shape[-2:])
+
+    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        losses = self.head.loss(self.backbone(batch["image"]), batch["label"])
+        losses["loss"] = sum(losses.values())
+        return losses
+
+
+class SegmentationTask(FinetuneTask):
+    """The segmentation task for :func:`rsfm_ds.engine.finetune.finetune`."""
+
+    primary_metric = "mIoU"
+    cfg: SegFinetuneConfig
+
+    def class_names(self) -> Tuple[str, ...]:
+        d = self.cfg.data
+        if d.class_names:
+            return tuple(d.class_names)
+        if d.dataset == "potsdam":
+            return tuple(potsdam_class_names(d.num_classes))
+        if d.dataset == "loveda":
+            return tuple(LOVEDA_CLASSES)
+        return tuple(f"class_{i}" for i in range(d.num_classes))
+
+    def build_model(self) -> nn.Module:
+        b, h = self.cfg.backbone, self.cfg.head
+        backbone = create_vitdet(b.preset, img_size=b.img_size, window_size=b.window_size,
+                                 global_attn_indexes=b.global_attn_indexes, drop_path_rate=b.drop_path_rate,
+                                 out_channels=b.out_channels, use_rel_pos=b.use_rel_pos)
+        head = UperNet(self.cfg.data.num_classes, in_channels=b.out_channels, channels=h.channels,
+                       aux_key="p4" if h.aux_weight > 0 else None, aux_channels=h.aux_channels,
+                       aux_weight=h.aux_weight, dropout=h.dropout, norm=h.norm,
+                       ignore_index=self.cfg.data.ignore_index)
+        return SegmentationModel(backbone, head)
+
+    def _pairs(self, split: str):
+        d = self.cfg.data
+        if d.dataset == "loveda":
+            return loveda_pairs(d.root, {"train": "Train", "val": "Val"}[split])
+        return mmseg_pairs(d.root, split)
+
+    def train_dataset(self) -> SegDataset:
+        d = self.cfg.data
+        return SegDataset(self._pairs("train"), train=True, crop_size=d.crop_size,
+                          cat_max_ratio=d.cat_max_ratio, photometric=d.photometric,
+                          ignore_index=d.ignore_index, reduce_zero_label=d.dataset == "loveda",
+                          fraction=d.fraction, fraction_seed=d.fraction_seed, seed=self.cfg.seed)
+
+    def eval_dataset(self) -> SegDataset:
+        d = self.cfg.data
+        return SegDataset(self._pairs("val"), train=False, ignore_index=d.ignore_index,
+                          reduce_zero_label=d.dataset == "loveda")
+
+    def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+        out = {"image": torch.stack([s["image"] for s in samples]), "name": [s["name"] for s in samples]}
+        if all("label" in s for s in samples):
+            out["label"] = torch.stack([s["label"] for s in samples])
+        return out
+
+    def to_device(self, batch: Dict[str, Any], device: torch.device, dtype: torch.dtype) -> Dict[str, Any]:
+        return {"image": batch["image"].to(device, dtype=dtype, non_blocking=True),
+                "label": batch["label"].to(device, non_blocking=True)}
+
+    def evaluate(self, model: nn.Module, batches: Iterator[Tuple[Dict[str, Any], List[bool]]],
+                 device: torch.device, dtype: torch.dtype, out_dir: Path) -> Dict[str, float]:
+        d = self.cfg.data
+        metric = SegMetric(d.num_classes, ignore_index=d.ignore_index, class_names=self.class_names())
+        flips = ("horizontal",) if d.flip_test else ()
+        for batch, padding in batches:
+            images = batch["image"].to(device, dtype=dtype)
+            logits = sliding_window_inference(model.logits, images, d.num_classes, crop=d.crop_size,
+                                              stride=d.eval_stride, batch_size=4, flips=flips)
+            preds = logits.argmax(dim=1).cpu()
+            for pred, label, name, pad in zip(preds, batch["label"], batch["name"], padding):
+                if pad:
+                    continue
+                metric.update(pred, label, source=name)
+                if d.save_predictions:
+                    _write_index_png(out_dir / "pred" / name, pred)
+        conf = metric.conf.clone().to(device)
+        if dist.is_initialized():
+            dist.all_reduce(conf)
+        result = metrics_from_confusion(conf.cpu(), self.class_names())
+        report = result.to_json()
+        flat = {k: v for k, v in report.items() if isinstance(v, (int, float))}
+        flat.update({f"IoU/{k}": v for k, v in report.get("IoU", {}).items() if v is not None})
+        return flat
+
+
+def _write_index_png(path: Path, pred: torch.Tensor) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path.with_suffix(".png")), pred.numpy().astype(np.uint8))
