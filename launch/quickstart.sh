@@ -1,31 +1,67 @@
 #!/usr/bin/env bash
 # Command 1 of the README: set up the environment (first run only), then run the main job on
-# synthetic data. Outputs go to $RUN_DIR (default runs/quickstart).
+# synthetic data in the real dataset formats. Every stage prints where its outputs are; a re-run
+# skips the stages whose outputs are complete (delete a stage's folder to redo it).
+#   RUN_DIR   outputs                       (default runs/quickstart)
+#   NPROC     ranks for DeepSpeed stages    (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/setup_env.sh
 RUN_DIR="${RUN_DIR:-runs/quickstart}"
-mkdir -p "$RUN_DIR"
+NPROC="${NPROC:-2}"
+DATA="$RUN_DIR/data"
+mkdir -p "$RUN_DIR" "$DATA"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / NPROC > 0 ? $(nproc) / NPROC : 1 ))}"
 
 stage() { echo; echo "=== [quickstart] $*"; }
+done_or() { [ -e "$1" ] && echo "[quickstart] complete, skipping ($1)"; }
 
-stage "1/2 backbone presets (parameters and GFLOPs per 224 px image)"
+stage "1/9 backbone presets -> $RUN_DIR/models.txt"
 rsfm models | tee "$RUN_DIR/models.txt"
 
-stage "2/2 one MAE training step of the debug preset"
-python - <<'PY'
-import torch
-from rsfm_ds.models.mae import create_mae
+stage "2/9 synthetic MillionAID (real layout) -> $DATA/millionaid"
+done_or "$DATA/millionaid/.complete" || {
+  rm -rf "$DATA/millionaid"
+  rsfm synth millionaid --out "$DATA/millionaid" --images 256 --seed 0
+  touch "$DATA/millionaid/.complete"
+}
 
-torch.manual_seed(0)
-mae = create_mae("debug")
-opt = torch.optim.AdamW(mae.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
-imgs = torch.randn(4, 3, 224, 224)
-loss, pred, mask = mae(imgs)
-loss.backward()
-opt.step()
-print(f"debug MAE step: loss {loss.item():.4f}, pred {tuple(pred.shape)}, "
-      f"masked {int(mask.sum().item())} of {mask.numel()} patches")
-PY
+stage "3/9 WebDataset shards (re-runs keep verified shards) -> $DATA/millionaid-shards"
+rsfm shards millionaid --root "$DATA/millionaid" --out "$DATA/millionaid-shards" --maxcount 64 --workers 2
+
+stage "4/9 MAE pretraining, debug preset, ZeRO-3 on $NPROC ranks -> $RUN_DIR/pretrain"
+done_or "$RUN_DIR/pretrain/checkpoints/step_00000080/COMPLETE" || \
+  NPROC_PER_NODE="$NPROC" MASTER_PORT="${MASTER_PORT:-29517}" bash launch/pretrain.sh \
+    run_dir="$RUN_DIR/pretrain" data.shards="$DATA/millionaid-shards/manifest.json" \
+    train.epochs=10 checkpoint.every_steps=40 log.every_steps=10 --resume auto
+tail -n 2 "$RUN_DIR/pretrain/train.log"
+
+stage "5/9 conversion: ZeRO-3 checkpoint -> backbone safetensors -> $RUN_DIR/convert"
+done_or "$RUN_DIR/convert/backbone.safetensors" || {
+  rsfm convert zero-to-fp32 "$RUN_DIR/pretrain/checkpoints" "$RUN_DIR/convert/mae_fp32"
+  rsfm convert mae-to-backbone "$RUN_DIR/pretrain/checkpoints" "$RUN_DIR/convert/backbone.safetensors" --img-size 256
+}
+rsfm convert inspect "$RUN_DIR/convert/backbone.safetensors"
+
+stage "6/9 synthetic Potsdam tiles (real layout), cut into 256 px crops -> $DATA/potsdam"
+done_or "$DATA/potsdam_prepared/prepare.json" || {
+  rsfm synth potsdam --out "$DATA/potsdam" --tiles 4 --seed 0 --size 1024
+  rsfm potsdam prepare --root "$DATA/potsdam" --out "$DATA/potsdam_prepared" --crop 256 --stride 256
+}
+
+stage "7/9 segmentation fine-tuning (UperNet) from the pretrained backbone, $NPROC ranks -> $RUN_DIR/seg"
+done_or "$RUN_DIR/seg/checkpoints/step_00000060/COMPLETE" || \
+  OMP_NUM_THREADS=$OMP_NUM_THREADS deepspeed --num_gpus "$NPROC" --master_port "${MASTER_PORT_SEG:-29518}" \
+    --module rsfm_ds.cli finetune seg --config configs/seg/potsdam_debug.yaml --resume auto \
+    run_dir="$RUN_DIR/seg" data.root="$DATA/potsdam_prepared" \
+    backbone.pretrained="$RUN_DIR/convert/backbone.safetensors" schedule.length=60 eval.every=60 \
+    checkpoint.every_steps=60 data.save_predictions=true train.num_workers=1
+
+stage "8/9 segmentation evaluation of the saved predictions (rsfm eval seg)"
+rsfm eval seg --pred "$RUN_DIR/seg/eval/step_00000060/pred" --label "$DATA/potsdam_prepared/ann_dir/val" \
+  --num-classes 5 --ignore-index 255 --json "$RUN_DIR/seg/eval_seg.json"
+
+stage "9/9 report -> $RUN_DIR/report.md"
+rsfm report --out "$RUN_DIR/report.md" --pretrain "$RUN_DIR/pretrain" --finetune "segmentation=$RUN_DIR/seg"
 echo
 echo "[quickstart] done; outputs in $RUN_DIR"

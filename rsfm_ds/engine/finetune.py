@@ -165,7 +165,9 @@ def load_pretrained(model: nn.Module, path: str) -> str:
     from ..checkpoint import load_backbone
 
     report = load_backbone(model, path, prefix="backbone.")
-    return f"pretrained {path}: {report}"
+    step = report.metadata.get("step")
+    return (f"pretrained {path}{f' (step {step})' if step is not None else ''}: {len(report.loaded)} "
+            f"tensors loaded, {len(report.missing_keys)} new, {len(report.dropped_keys)} dropped by design")
 
 
 def finetune(cfg: FinetuneConfig, task: FinetuneTask) -> Dict[str, Any]:
