@@ -132,7 +132,7 @@ def _build(cls: Type[T], data: Dict[str, Any], where: str = "") -> T:
     try:
         return cls(**kwargs)
     except ConfigError as e:
-        if where and not str(e).startswith(where):
+        if where and not str(e).startswith(f"{where}."):
             raise ConfigError(f"{where}.{e}") from None
         raise
 

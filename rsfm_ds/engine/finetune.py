@@ -262,7 +262,7 @@ def finetune(cfg: FinetuneConfig, task: FinetuneTask) -> Dict[str, Any]:
             if hasattr(base_train_set, "set_epoch"):  # datasets that seed augmentation per epoch
                 base_train_set.set_epoch(epoch)
             loader = DataLoader(train_set, batch_sampler=_SeededBatches(sampler, cfg.seed),
-                                collate_fn=task.collate, **_worker_options(tcfg.num_workers))
+                                collate_fn=task.collate, **_worker_options(tcfg.num_workers, cfg.seed, epoch, rank))
             for batch in loader:
                 if micro_in_epoch % accum == 0:
                     apply_lr(optimizer, lr_at(cfg, step, total_steps, steps_per_unit))
@@ -317,16 +317,19 @@ def _eval_batches(task: FinetuneTask, cfg: FinetuneConfig, rank: int, world: int
     sampler = DistributedBatchSampler(len(data), cfg.eval.batch_size, rank, world, shuffle=False,
                                       drop_last=False)
     return iter(DataLoader(data, batch_sampler=sampler, collate_fn=task.eval_collate,
-                           **_worker_options(cfg.train.num_workers)))
+                           **_worker_options(cfg.train.num_workers, cfg.seed, -1, rank)))
 
 
-def _worker_options(num_workers: int) -> Dict[str, Any]:
-    """DataLoader worker settings: workers forked from a clean server process, since forking a
-    training process that has run OpenCV threads deadlocks (rsfm_ds/data/processes.py)."""
+def _worker_options(num_workers: int, seed: int, epoch: int, rank: int) -> Dict[str, Any]:
+    """DataLoader worker settings. Workers are forked from a clean server process, since forking a
+    training process that has run OpenCV threads deadlocks (rsfm_ds/data/processes.py). The
+    loader's own generator seeds its workers, so creating a loader (an evaluation, a resume)
+    draws nothing from the global RNG that dropout and drop path use: resumption stays exact."""
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch + 1) * 4099 + rank)
     if num_workers == 0:
-        return dict(num_workers=0)
+        return dict(num_workers=0, generator=generator)
     return dict(num_workers=num_workers, multiprocessing_context=process_context(),
-                worker_init_fn=init_worker)
+                worker_init_fn=init_worker, generator=generator)
 
 
 def _log_losses(logger: TrainLogger, optimizer, step: int, sums: Dict[str, torch.Tensor],
