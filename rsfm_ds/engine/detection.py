@@ -1,0 +1,388 @@
+"""Rotated object detection on the fine-tuning engine: ``rsfm finetune det``.
+
+:class:`DetectionTask` supplies Oriented R-CNN over a ViTDet backbone
+(:class:`~rsfm_ds.models.heads.OrientedRCNN`), the DOTA / DIOR-R datasets
+(:mod:`rsfm_ds.data.det_dataset`) and the evaluation; :func:`~rsfm_ds.engine.finetune.finetune`
+does the rest (DeepSpeed, layer decay, schedule, checkpoints, resumption).
+
+Evaluation (every ``eval.every`` units and at the end), on every rank:
+
+1. inference on this rank's share of the evaluation set (padding samples skipped), boxes mapped
+   back to the files' pixels;
+2. the detections are gathered to every rank (``all_gather_object``) and scored with
+   :func:`~rsfm_ds.evaluation.rotated_map.evaluate_rotated_map` (DOTA devkit semantics by default,
+   ``data.protocol=mmrotate`` for mmrotate's), so every rank returns the same numbers;
+3. rank 0 writes ``Task1_<class>.txt`` files (``image score x1 y1 ... x4 y4``), one per class, under
+   ``<run_dir>/eval/step_<N>/task1/``: the files the DOTA server takes. When the evaluation set is
+   made of DOTA patches (every image id is a patch name ``<id>__<rate>__<x>___<y>``), the patch
+   detections go to ``task1_patches/`` and ``task1/`` holds them merged back to whole images
+   (:func:`~rsfm_ds.data.dota_merge.merge_detections`: offsets, rates, per-class rotated NMS 0.1).
+
+Metrics: ``mAP`` and ``AP/<class>`` (classes with objects). For a patch set with
+``data.val_full_labels`` (the unsplit images' ``labelTxt``), ``mAP`` is the merged detections'
+score on the whole images (the official protocol) and ``mAP_patch`` the patch-level one; without
+it ``mAP`` is patch-level. An unlabelled evaluation set (the DOTA test set: no ``labelTxt/``) gives
+only ``num_detections``, and the Task1 files.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from ..config import check
+from ..data.det_dataset import (DetectionDataset, DetRecord, collate_detection, dior_records,
+                                dota_records, select_classes)
+from ..data.dota import DOTA_CLASS_LISTS, Detections, load_dota_labels, write_task1_dir
+from ..data.dota_merge import merge_detections
+from ..data.dota_split import parse_patch_name
+from ..evaluation.rotated_map import DEVKIT, MMROTATE, MapResult, class_list, evaluate_rotated_map
+from ..models.heads import OrientedRCNN
+from ..models.heads.oriented_rpn import RPN_NMS_TYPES
+from ..models.vitdet import create_vitdet
+from ..ops.rotated import box_to_polygon
+from .config import FinetuneConfig
+from .finetune import FinetuneTask
+
+DATASETS = ("dota2", "dota1.5", "dota1", "dior")
+PROTOCOLS = {"devkit": DEVKIT, "mmrotate": MMROTATE}
+
+
+@dataclass
+class DetDataConfig:
+    """Detection data: which dataset, where, which classes, which augmentations."""
+
+    dataset: str = "dota2"
+    """dota2 (18 classes), dota1.5 (16) or dota1 (15): DOTA-format folders; dior: the DIOR-R
+    release tree (20 classes)."""
+    train_dirs: Tuple[str, ...] = ()
+    """DOTA kinds: DOTA-format folders (images/ + labelTxt/) to train on, e.g. the split train and
+    val patches written by `rsfm dota split`."""
+    val_dir: Optional[str] = None
+    """DOTA kinds: DOTA-format folder to evaluate on; without labelTxt/ (the test set) the Task1
+    files are written but no mAP is computed."""
+    val_full_labels: Optional[str] = None
+    """DOTA kinds: labelTxt folder of the unsplit images of a patch-named val_dir; the merged
+    detections are then scored on the whole images and give mAP."""
+    root: Optional[str] = None
+    """dior: the DIOR-R root (Annotations/, ImageSets/, JPEGImages-trainval/, JPEGImages-test/)."""
+    train_splits: Tuple[str, ...] = ("train", "val")
+    """dior: image sets to train on (the recipe trains on train+val)."""
+    val_split: str = "test"
+    """dior: image set to evaluate on."""
+    classes: Optional[Tuple[str, ...]] = None
+    """Classes the detector predicts: a subset of the dataset's, in this order (objects of other
+    classes are dropped); null takes all of the dataset's."""
+    hflip_prob: float = 0.5
+    """Probability of a horizontal flip in training."""
+    vflip_prob: float = 0.5
+    """Probability of a vertical flip in training (with hflip_prob 0.5: mmrotate's RRandomFlip
+    with horizontal, vertical and diagonal flips at 0.25 each)."""
+    rot90_prob: float = 0.0
+    """Probability of 1-3 random clockwise quarter turns in training."""
+    keep_difficult: bool = False
+    """Train on difficult objects too (default: removed from the training targets)."""
+    filter_empty: bool = True
+    """Skip training images without objects (mmdet's filter_empty_gt)."""
+    protocol: str = "devkit"
+    """mAP protocol: devkit (IoU > 0.5, difficult ignored, VOC07 AP; also DIOR-R's) or mmrotate
+    (IoU >= 0.5, difficult counted)."""
+
+    def __post_init__(self):
+        check(self.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset == "dior":
+            check(self.root is not None, "root", "the DIOR-R root is required for dataset dior")
+            check(len(self.train_splits) > 0, "train_splits", "name at least one image set")
+        else:
+            check(len(self.train_dirs) > 0, "train_dirs",
+                  f"name at least one DOTA-format folder for dataset {self.dataset}")
+            check(self.val_dir is not None, "val_dir", f"required for dataset {self.dataset}")
+        if self.classes is not None:
+            known = class_list(self.dataset)
+            unknown = [c for c in self.classes if c not in known]
+            check(not unknown, "classes", f"{unknown} are not {self.dataset} classes ({', '.join(known)})")
+            check(len(set(self.classes)) == len(self.classes) and self.classes, "classes",
+                  f"must be distinct and non-empty, got {self.classes}")
+        for name in ("hflip_prob", "vflip_prob", "rot90_prob"):
+            value = getattr(self, name)
+            check(0.0 <= value <= 1.0, name, f"must be in [0, 1], got {value}")
+        check(self.protocol in PROTOCOLS, "protocol", f"must be one of {tuple(PROTOCOLS)}, got {self.protocol!r}")
+
+
+@dataclass
+class DetRPNConfig:
+    """Oriented RPN (defaults: mmrotate's oriented-rcnn-le90)."""
+
+    anchor_scale: float = 8.0
+    """Anchor side over the level's stride."""
+    anchor_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
+    """Anchor height/width ratios, one anchor each per location."""
+    pos_iou: float = 0.7
+    """Anchors with IoU >= this (to the ground truth's horizontal bounds) are positive."""
+    neg_iou: float = 0.3
+    """Anchors with IoU < this to every object are negative."""
+    min_pos_iou: float = 0.3
+    """Each object also takes its best anchors when their IoU is >= this."""
+    num_samples: int = 256
+    """Anchors sampled per image for the loss."""
+    pos_fraction: float = 0.5
+    """Largest share of positives among the sampled anchors."""
+    allowed_border: int = 0
+    """Anchors crossing the image border by more pixels are ignored in training; -1 keeps all."""
+    pre_nms_top_k_train: int = 2000
+    """Best anchors per level decoded before NMS, in training."""
+    pre_nms_top_k_test: int = 2000
+    """Best anchors per level decoded before NMS, at inference."""
+    max_proposals_train: int = 2000
+    """Proposals per image after NMS, in training."""
+    max_proposals_test: int = 2000
+    """Proposals per image after NMS, at inference."""
+    nms_iou: float = 0.8
+    """Proposal NMS threshold (within each level)."""
+    nms_type: str = "hbox"
+    """hbox: NMS on the proposals' horizontal bounds (what mmrotate's OrientedRPNHead does);
+    rotated: exact rotated IoU (seconds per image on a CPU)."""
+
+    def __post_init__(self):
+        check(self.anchor_scale > 0, "anchor_scale", f"must be positive, got {self.anchor_scale}")
+        check(len(self.anchor_ratios) > 0 and all(r > 0 for r in self.anchor_ratios), "anchor_ratios",
+              f"need one or more positive ratios, got {self.anchor_ratios}")
+        _check_assign(self.pos_iou, self.neg_iou, self.num_samples, self.pos_fraction)
+        check(0.0 <= self.min_pos_iou <= self.pos_iou, "min_pos_iou",
+              f"must be in [0, pos_iou={self.pos_iou}], got {self.min_pos_iou}")
+        check(self.allowed_border >= -1, "allowed_border", f"must be >= -1, got {self.allowed_border}")
+        for name in ("pre_nms_top_k_train", "pre_nms_top_k_test", "max_proposals_train",
+                     "max_proposals_test"):
+            check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        check(0.0 < self.nms_iou <= 1.0, "nms_iou", f"must be in (0, 1], got {self.nms_iou}")
+        check(self.nms_type in RPN_NMS_TYPES, "nms_type", f"must be one of {RPN_NMS_TYPES}, got {self.nms_type!r}")
+
+
+@dataclass
+class DetRoIConfig:
+    """Rotated RoI head (defaults: mmrotate's oriented-rcnn-le90)."""
+
+    output_size: int = 7
+    """RoIAlignRotated bins per side."""
+    sampling_ratio: int = 2
+    """RoIAlignRotated samples per bin per axis."""
+    finest_scale: float = 56.0
+    """RoIs of scale sqrt(w*h) < 2 x this are pooled from p2, then one level per doubling."""
+    fc_dim: int = 1024
+    """Width of the two shared FC layers."""
+    pos_iou: float = 0.5
+    """Proposals with rotated IoU >= this are positive."""
+    neg_iou: float = 0.5
+    """Proposals with rotated IoU < this to every object are negative (background)."""
+    num_samples: int = 512
+    """RoIs sampled per image for the loss."""
+    pos_fraction: float = 0.25
+    """Largest share of positives among the sampled RoIs."""
+    add_gt_as_proposals: bool = True
+    """Add the ground truth to the proposals in training."""
+    score_thr: float = 0.05
+    """Inference: (RoI, class) pairs scoring above this are candidates."""
+    nms_iou: float = 0.1
+    """Inference: per-class rotated NMS threshold."""
+    nms_pre: int = 2000
+    """Inference: best candidates per image entering NMS."""
+    max_per_img: int = 2000
+    """Inference: detections kept per image."""
+
+    def __post_init__(self):
+        check(self.output_size > 0, "output_size", f"must be positive, got {self.output_size}")
+        check(self.sampling_ratio > 0, "sampling_ratio", f"must be positive, got {self.sampling_ratio}")
+        check(self.finest_scale > 0, "finest_scale", f"must be positive, got {self.finest_scale}")
+        check(self.fc_dim > 0, "fc_dim", f"must be positive, got {self.fc_dim}")
+        _check_assign(self.pos_iou, self.neg_iou, self.num_samples, self.pos_fraction)
+        check(0.0 <= self.score_thr < 1.0, "score_thr", f"must be in [0, 1), got {self.score_thr}")
+        check(0.0 <= self.nms_iou <= 1.0, "nms_iou", f"must be in [0, 1], got {self.nms_iou}")
+        check(self.nms_pre > 0, "nms_pre", f"must be positive, got {self.nms_pre}")
+        check(self.max_per_img > 0, "max_per_img", f"must be positive, got {self.max_per_img}")
+
+
+def _check_assign(pos_iou: float, neg_iou: float, num_samples: int, pos_fraction: float) -> None:
+    check(0.0 < pos_iou <= 1.0, "pos_iou", f"must be in (0, 1], got {pos_iou}")
+    check(0.0 <= neg_iou <= pos_iou, "neg_iou", f"must be in [0, pos_iou={pos_iou}], got {neg_iou}")
+    check(num_samples > 0, "num_samples", f"must be positive, got {num_samples}")
+    check(0.0 < pos_fraction <= 1.0, "pos_fraction", f"must be in (0, 1], got {pos_fraction}")
+
+
+@dataclass
+class DetModelConfig:
+    """The Oriented R-CNN heads (the backbone is the `backbone` section)."""
+
+    rpn: DetRPNConfig = field(default_factory=DetRPNConfig)
+    """Oriented RPN."""
+    roi: DetRoIConfig = field(default_factory=DetRoIConfig)
+    """Rotated RoI head."""
+
+
+@dataclass
+class DetFinetuneConfig(FinetuneConfig):
+    """Oriented R-CNN fine-tuning run (rsfm finetune det)."""
+
+    data: DetDataConfig = field(default_factory=lambda: DetDataConfig(
+        train_dirs=("data/dota2/split_1024/train",), val_dir="data/dota2/split_1024/val"))
+    """Datasets, classes, augmentation, mAP protocol."""
+    model: DetModelConfig = field(default_factory=DetModelConfig)
+    """Detection heads."""
+
+    def classes(self) -> Tuple[str, ...]:
+        """The classes the detector predicts, in order."""
+        return tuple(self.data.classes) if self.data.classes else class_list(self.data.dataset)
+
+
+class DetectionTask(FinetuneTask):
+    """Oriented R-CNN fine-tuning (module docstring)."""
+
+    primary_metric = "mAP"
+
+    def __init__(self, cfg: DetFinetuneConfig):
+        super().__init__(cfg)
+        self.classes = cfg.classes()
+        self._eval_set: Optional[DetectionDataset] = None
+
+    def build_model(self) -> nn.Module:
+        b = self.cfg.backbone
+        backbone = create_vitdet(b.preset, b.img_size, window_size=b.window_size,
+                                 global_attn_indexes=b.global_attn_indexes,
+                                 drop_path_rate=b.drop_path_rate, out_channels=b.out_channels,
+                                 use_rel_pos=b.use_rel_pos, extra_p6=True)
+        return OrientedRCNN(backbone, len(self.classes), rpn=asdict(self.cfg.model.rpn),
+                            roi=asdict(self.cfg.model.roi))
+
+    def _records(self, train: bool) -> List[DetRecord]:
+        d = self.cfg.data
+        dataset_classes = class_list(d.dataset)
+        if d.dataset == "dior":
+            records = dior_records(d.root, d.train_splits if train else (d.val_split,))
+        else:
+            dirs = d.train_dirs if train else (d.val_dir,)
+            records = [r for folder in dirs for r in dota_records(folder, dataset_classes)]
+        if tuple(self.classes) != tuple(dataset_classes):
+            records = select_classes(records, dataset_classes, self.classes)
+        return records
+
+    def train_dataset(self) -> DetectionDataset:
+        d = self.cfg.data
+        return DetectionDataset(self._records(train=True), self.cfg.backbone.img_size, train=True,
+                                hflip_prob=d.hflip_prob, vflip_prob=d.vflip_prob,
+                                rot90_prob=d.rot90_prob, keep_difficult=d.keep_difficult,
+                                filter_empty=d.filter_empty)
+
+    def eval_dataset(self) -> DetectionDataset:
+        if self._eval_set is None:
+            self._eval_set = DetectionDataset(self._records(train=False), self.cfg.backbone.img_size,
+                                              train=False)
+        return self._eval_set
+
+    def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return collate_detection(samples)
+
+    def to_device(self, batch: Dict[str, Any], device: torch.device, dtype: torch.dtype) -> Dict[str, Any]:
+        return dict(batch, images=batch["images"].to(device=device, dtype=dtype),
+                    boxes=[b.to(device) for b in batch["boxes"]],
+                    labels=[label.to(device) for label in batch["labels"]])
+
+    def evaluate(self, model: nn.Module, batches: Iterator[Tuple[Dict[str, Any], List[bool]]],
+                 device: torch.device, dtype: torch.dtype, out_dir: Path) -> Dict[str, float]:
+        local = predict(model, batches, lambda b: self.to_device(b, device, dtype))
+        gathered: List[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, local)
+        per_image = {image_id: dets for part in gathered for image_id, dets in part}
+        detections = to_task1(per_image, self.classes)
+        eval_set = self.eval_dataset()
+        patches = self.cfg.data.dataset != "dior" and all(_is_patch_name(i) for i in per_image)
+        merged = merge_detections(detections) if patches else None
+        if dist.get_rank() == 0:
+            if merged is not None:
+                write_task1_dir(Path(out_dir) / "task1_patches", detections, self.classes)
+            write_task1_dir(Path(out_dir) / "task1", merged if merged is not None else detections,
+                            self.classes)
+        metrics: Dict[str, float] = {"num_detections": float(sum(len(d) for d in detections.values()))}
+        ground_truth = eval_set.ground_truth()
+        if not all(r.labelled for r in ground_truth.values()):
+            return metrics
+        protocol = PROTOCOLS[self.cfg.data.protocol]
+        result = evaluate_rotated_map(detections, ground_truth, self.classes, protocol)
+        metrics.update(_metrics(result))
+        if merged is not None and self.cfg.data.val_full_labels:
+            full = self._full_image_ground_truth(ground_truth)
+            metrics["mAP_patch"] = metrics["mAP"]
+            metrics.update(_metrics(evaluate_rotated_map(merged, full, self.classes, protocol)))
+        return metrics
+
+    def _full_image_ground_truth(self, patch_gt: Dict[str, DetRecord]) -> Dict[str, DetRecord]:
+        """The unsplit images' ground truth for the images the patches come from."""
+        dataset_classes = DOTA_CLASS_LISTS[self.cfg.data.dataset]
+        anns = load_dota_labels(self.cfg.data.val_full_labels, dataset_classes)
+        ids = sorted({parse_patch_name(i).image_id for i in patch_gt})
+        missing = [i for i in ids if i not in anns]
+        if missing:
+            raise FileNotFoundError(f"data.val_full_labels: no label file for {len(missing)} image(s) "
+                                    f"of the patches, e.g. {', '.join(missing[:5])}")
+        records = [DetRecord(i, None, anns[i].polygons, anns[i].labels, anns[i].difficult) for i in ids]
+        if tuple(self.classes) != tuple(dataset_classes):
+            records = select_classes(records, dataset_classes, self.classes)
+        return {r.image_id: r for r in records}
+
+
+ImageResult = Tuple[np.ndarray, np.ndarray, np.ndarray]
+"""One image's detections in the file's pixels: boxes ``float32 [D, 5]``, scores, labels."""
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterator[Tuple[Dict[str, Any], List[bool]]], to_device
+            ) -> List[Tuple[str, ImageResult]]:
+    """Run ``model`` (eval mode) on ``(batch, is_padding)`` pairs; ``(image id, detections)`` for
+    every real sample, boxes divided by the sample's resize factor (back to the file's pixels)."""
+    out = []
+    for batch, padding in batches:
+        dets = model(to_device(batch))
+        for d, pad, image_id, scale in zip(dets, padding, batch["image_ids"], batch["scales"]):
+            if pad:
+                continue
+            boxes = d.boxes.float().cpu()
+            boxes = torch.cat([boxes[:, :4] / scale, boxes[:, 4:]], dim=1)
+            out.append((image_id, (boxes.numpy(), d.scores.float().cpu().numpy(),
+                                   d.labels.cpu().numpy())))
+    return out
+
+
+def to_task1(per_image: Dict[str, ImageResult], classes: Tuple[str, ...]) -> Dict[str, Detections]:
+    """Per-image detections -> ``{class: Detections}`` with polygons (Task1 layout), images in
+    sorted order, each image's detections in its own order."""
+    ids = sorted(per_image)
+    counts = [len(per_image[i][1]) for i in ids]
+    image_ids = np.repeat(np.asarray(ids, dtype=str), counts)
+    boxes = np.concatenate([per_image[i][0].reshape(-1, 5) for i in ids]) if ids else np.zeros((0, 5))
+    scores = np.concatenate([per_image[i][1] for i in ids]) if ids else np.zeros(0)
+    labels = np.concatenate([per_image[i][2] for i in ids]) if ids else np.zeros(0, dtype=np.int64)
+    polygons = box_to_polygon(torch.from_numpy(boxes).double()).numpy()
+    return {name: Detections(image_ids[labels == c], scores[labels == c], polygons[labels == c])
+            for c, name in enumerate(classes)}
+
+
+def _is_patch_name(name: str) -> bool:
+    try:
+        parse_patch_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _metrics(result: MapResult) -> Dict[str, float]:
+    out = {"mAP": result.mAP}
+    out.update({f"AP/{c}": r.ap for c, r in result.per_class.items() if not math.isnan(r.ap)})
+    return out
+
+
+__all__ = ["DetFinetuneConfig", "DetDataConfig", "DetModelConfig", "DetRPNConfig", "DetRoIConfig",
+           "DetectionTask", "predict", "to_task1"]

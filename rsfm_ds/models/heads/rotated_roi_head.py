@@ -1,0 +1,248 @@
+"""The second stage of Oriented R-CNN: rotated RoI features, box head, targets, loss, inference.
+
+As mmrotate's ``OrientedStandardRoIHead`` with ``RotatedSingleRoIExtractor`` and
+``RotatedShared2FCBBoxHead`` in the ``oriented-rcnn-le90`` config:
+
+- **RoI extractor**: RoIAlignRotated (7x7 bins, 2x2 samples per bin, ``aligned=True``,
+  ``clockwise=True`` for this package's box convention) on one pyramid level per RoI, chosen by
+  the RoI's scale ``s = sqrt(w * h)`` as mmdet: ``level = clamp(floor(log2(s / 56 + 1e-6)), 0,
+  L - 1)`` over the strides 4, 8, 16, 32 (the stride-64 level feeds the RPN only).
+- **Box head**: flatten, two shared FC-1024 + ReLU, then class scores (``num_classes + 1``,
+  background last as mmdet 2.x) and 5 class-agnostic deltas
+  (:class:`~rsfm_ds.ops.rotated.DeltaXYWHTCoder`, le90, target stds (0.1, 0.1, 0.2, 0.2, 0.1)).
+- **Training targets**: the ground truth is added to each image's proposals; proposals are
+  matched by exact rotated IoU (pos >= 0.5, neg < 0.5, no low-quality matches) and 512 per image
+  are sampled, a quarter positives at most.
+- **Losses** (mmdet's normalisation): cross-entropy averaged over the sampled RoIs; smooth L1
+  (beta 1) summed over the positives' deltas and divided by the number of sampled RoIs.
+- **Inference**: softmax scores, class-agnostic decoding (centres clamped to the image), every
+  (RoI, class) pair scoring above 0.05 is a candidate, the ``nms_pre`` best candidates go through
+  per-class rotated NMS at IoU 0.1, and the best ``max_per_img`` survive. mmrotate has no
+  candidate cap before NMS; ``nms_pre`` (2000 by default) bounds the NMS cost of an untrained
+  model, whose near-uniform scores put every pair above the threshold.
+"""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...ops.rotated import DeltaXYWHTCoder, batched_nms_rotated, box_iou_rotated, roi_align_rotated
+from .assign_sample import max_iou_assign, random_sample
+
+
+def map_roi_levels(rois: Tensor, num_levels: int, finest_scale: float = 56.0) -> Tensor:
+    """Pyramid level ``[K]`` of RoIs ``[K, 6]`` ``(batch_idx, cx, cy, w, h, theta)`` (mmdet's
+    rule: scale < 112 -> 0, < 224 -> 1, < 448 -> 2, else 3, for ``finest_scale`` 56)."""
+    scale = torch.sqrt(rois[:, 3] * rois[:, 4])
+    level = torch.floor(torch.log2(scale / finest_scale + 1e-6))
+    return level.clamp(0, num_levels - 1).long()
+
+
+class RotatedRoIExtractor(nn.Module):
+    """RoIAlignRotated on each RoI's pyramid level (no parameters).
+
+    Args:
+        strides: strides of the levels it reads (4, 8, 16, 32).
+        output_size: bins per side (7).
+        sampling_ratio: samples per bin per axis (2).
+        finest_scale: see :func:`map_roi_levels` (56).
+    """
+
+    def __init__(self, strides: Sequence[int] = (4, 8, 16, 32), output_size: int = 7,
+                 sampling_ratio: int = 2, finest_scale: float = 56.0):
+        super().__init__()
+        self.strides = [int(s) for s in strides]
+        self.output_size, self.sampling_ratio = output_size, sampling_ratio
+        self.finest_scale = finest_scale
+
+    def forward(self, feats: Sequence[Tensor], rois: Tensor) -> Tensor:
+        """``feats``: one ``[B, C, H_l, W_l]`` per stride; ``rois`` ``[K, 6]`` in input pixels ->
+        ``[K, C, output_size, output_size]`` in the features' dtype."""
+        k, c = rois.shape[0], feats[0].shape[1]
+        out = feats[0].new_zeros(k, c, self.output_size, self.output_size)
+        if k == 0:
+            return out
+        levels = map_roi_levels(rois, len(self.strides), self.finest_scale)
+        for lvl, (x, stride) in enumerate(zip(feats, self.strides)):
+            idx = torch.nonzero(levels == lvl).squeeze(1)
+            if idx.numel():
+                pooled = roi_align_rotated(x, rois[idx], self.output_size, 1.0 / stride,
+                                           self.sampling_ratio, aligned=True, clockwise=True)
+                out = out.index_copy(0, idx, pooled)
+        return out
+
+
+class RotatedBBoxHead(nn.Module):
+    """Two shared FC layers, then class scores and class-agnostic rotated-box deltas.
+
+    Args:
+        in_channels: RoI feature channels C.
+        roi_size: RoI feature side (7).
+        fc_dim: width of the two FC layers (1024).
+        num_classes: object classes (background is an extra, last, score).
+    """
+
+    def __init__(self, in_channels: int, roi_size: int, fc_dim: int, num_classes: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_channels * roi_size * roi_size, fc_dim)
+        self.fc2 = nn.Linear(fc_dim, fc_dim)
+        self.cls = nn.Linear(fc_dim, num_classes + 1)
+        self.reg = nn.Linear(fc_dim, 5)
+        self.apply(self.init_module)
+
+    def init_module(self, m: nn.Module) -> None:
+        """mmdet's ``Shared2FCBBoxHead`` initialisation: shared FCs xavier-uniform, classifier
+        normal(0, 0.01), regressor normal(0, 0.001), zero biases."""
+        if m is self.fc1 or m is self.fc2:
+            nn.init.xavier_uniform_(m.weight)
+        elif m is self.cls:
+            nn.init.normal_(m.weight, std=0.01)
+        elif m is self.reg:
+            nn.init.normal_(m.weight, std=0.001)
+        else:
+            return
+        nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """``[K, C, s, s]`` -> class logits ``[K, num_classes + 1]`` and deltas ``[K, 5]``."""
+        x = F.relu(self.fc1(x.flatten(1)))
+        x = F.relu(self.fc2(x))
+        return self.cls(x), self.reg(x)
+
+
+class RoITargets(NamedTuple):
+    """Sampled RoIs of a batch and what they should predict.
+
+    Attributes:
+        rois: ``[K, 6]`` ``(batch_idx, cx, cy, w, h, theta)``.
+        labels: ``int64 [K]`` class, ``num_classes`` for background.
+        deltas: ``[P, 5]`` regression targets of the positives.
+        positive: ``bool [K]``, P of them true.
+    """
+
+    rois: Tensor
+    labels: Tensor
+    deltas: Tensor
+    positive: Tensor
+
+
+class RotatedRoIHead(nn.Module):
+    """Oriented R-CNN's second stage (see the module docstring).
+
+    Args:
+        num_classes: object classes.
+        in_channels: pyramid width.
+        strides: strides of the levels RoIs are pooled from (4, 8, 16, 32).
+        output_size, sampling_ratio, finest_scale: see :class:`RotatedRoIExtractor`.
+        fc_dim: see :class:`RotatedBBoxHead`.
+        pos_iou, neg_iou: assignment thresholds (0.5, 0.5).
+        num_samples, pos_fraction: RoIs sampled per image (512) and the positive share (0.25).
+        add_gt_as_proposals: add each image's ground truth to its proposals in training.
+        score_thr: inference score threshold (0.05).
+        nms_iou: per-class rotated NMS threshold at inference (0.1).
+        nms_pre: candidates per image entering NMS at inference, best first (2000).
+        max_per_img: detections kept per image (2000).
+        smooth_l1_beta: beta of the regression loss (1.0).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 256,
+                 strides: Sequence[int] = (4, 8, 16, 32), output_size: int = 7,
+                 sampling_ratio: int = 2, finest_scale: float = 56.0, fc_dim: int = 1024,
+                 pos_iou: float = 0.5, neg_iou: float = 0.5, num_samples: int = 512,
+                 pos_fraction: float = 0.25, add_gt_as_proposals: bool = True,
+                 score_thr: float = 0.05, nms_iou: float = 0.1, nms_pre: int = 2000,
+                 max_per_img: int = 2000, smooth_l1_beta: float = 1.0):
+        super().__init__()
+        self.num_classes = num_classes
+        self.extractor = RotatedRoIExtractor(strides, output_size, sampling_ratio, finest_scale)
+        self.bbox_head = RotatedBBoxHead(in_channels, output_size, fc_dim, num_classes)
+        self.coder = DeltaXYWHTCoder()
+        self.pos_iou, self.neg_iou = pos_iou, neg_iou
+        self.num_samples, self.pos_fraction = num_samples, pos_fraction
+        self.add_gt_as_proposals = add_gt_as_proposals
+        self.score_thr, self.nms_iou = score_thr, nms_iou
+        self.nms_pre, self.max_per_img = nms_pre, max_per_img
+        self.smooth_l1_beta = smooth_l1_beta
+
+    def init_module(self, m: nn.Module) -> None:
+        """Initialise ``m`` if this head owns it directly (see :class:`RotatedBBoxHead`)."""
+        self.bbox_head.init_module(m)
+
+    def forward(self, feats: Sequence[Tensor], rois: Tensor) -> Tuple[Tensor, Tensor]:
+        """``rois`` ``[K, 6]`` -> class logits ``[K, num_classes + 1]``, deltas ``[K, 5]``."""
+        return self.bbox_head(self.extractor(feats, rois))
+
+    @torch.no_grad()
+    def sample(self, proposals: Sequence[Tensor], gt_boxes: Sequence[Tensor],
+               gt_labels: Sequence[Tensor]) -> RoITargets:
+        """Assign and sample training RoIs.
+
+        Args:
+            proposals: per image ``[P_i, 5]`` le90 boxes.
+            gt_boxes: per image ``[G_i, 5]`` le90 boxes; gt_labels: per image ``int64 [G_i]``.
+        """
+        rois, labels, deltas, positive = [], [], [], []
+        for i, (props, gts, gt_cls) in enumerate(zip(proposals, gt_boxes, gt_labels)):
+            gts = gts.float()
+            if self.add_gt_as_proposals:
+                props = torch.cat([gts, props.float()])
+            assigned, _ = max_iou_assign(box_iou_rotated(gts, props), self.pos_iou,
+                                         self.neg_iou, self.pos_iou, match_low_quality=False)
+            pos, neg = random_sample(assigned, self.num_samples, self.pos_fraction)
+            matched = assigned[pos] - 1
+            chosen = props[torch.cat([pos, neg])]
+            rois.append(torch.cat([chosen.new_full((chosen.shape[0], 1), i), chosen], dim=1))
+            labels.append(torch.cat([gt_cls[matched],
+                                     gt_cls.new_full((neg.numel(),), self.num_classes)]))
+            deltas.append(self.coder.encode(props[pos], gts[matched]).float())
+            positive.append(torch.arange(chosen.shape[0], device=chosen.device) < pos.numel())
+        return RoITargets(torch.cat(rois), torch.cat(labels), torch.cat(deltas),
+                          torch.cat(positive))
+
+    def loss(self, logits: Tensor, deltas: Tensor, targets: RoITargets) -> Tuple[Tensor, Tensor]:
+        """``(loss_cls, loss_bbox)`` of the sampled RoIs (module docstring)."""
+        logits, deltas = logits.float(), deltas.float()
+        if logits.shape[0] == 0:
+            # No RoI at all: zero losses that still reach every output (every rank must produce
+            # gradients for the same parameters).
+            zero = logits.sum() * 0 + deltas.sum() * 0
+            return zero, zero
+        loss_cls = F.cross_entropy(logits, targets.labels)
+        loss_bbox = F.smooth_l1_loss(deltas[targets.positive], targets.deltas,
+                                     beta=self.smooth_l1_beta, reduction="sum") / logits.shape[0]
+        return loss_cls, loss_bbox
+
+    @torch.no_grad()
+    def predict(self, logits: Tensor, deltas: Tensor, rois: Tensor,
+                image_sizes: Sequence[Tuple[int, int]]) -> List[Tuple[Tensor, Tensor, Tensor]]:
+        """Detections per image: ``(boxes [D, 5] le90, scores [D], labels int64 [D])``, best first.
+
+        Args:
+            logits, deltas: :meth:`forward`'s output for ``rois``.
+            rois: ``[K, 6]`` with the image index in column 0.
+            image_sizes: ``(h, w)`` per image, to clamp decoded centres.
+        """
+        scores = F.softmax(logits.float(), dim=1)[:, :self.num_classes]  # [K, C]
+        out = []
+        for i, hw in enumerate(image_sizes):
+            mine = rois[:, 0] == i
+            boxes = self.coder.decode(rois[mine, 1:], deltas[mine].float(), max_shape=hw).float()
+            s = scores[mine]
+            roi_idx, cls_idx = torch.nonzero(s > self.score_thr, as_tuple=True)
+            cand_scores = s[roi_idx, cls_idx]
+            if cand_scores.numel() > self.nms_pre:
+                top = cand_scores.topk(self.nms_pre).indices
+                roi_idx, cls_idx, cand_scores = roi_idx[top], cls_idx[top], cand_scores[top]
+            cand_boxes = boxes[roi_idx]
+            keep = batched_nms_rotated(cand_boxes, cand_scores, cls_idx, self.nms_iou)
+            keep = keep[:self.max_per_img]
+            out.append((cand_boxes[keep], cand_scores[keep], cls_idx[keep]))
+        return out
+
+
+__all__ = ["RotatedRoIExtractor", "RotatedBBoxHead", "RotatedRoIHead", "RoITargets",
+           "map_roi_levels"]
