@@ -153,7 +153,7 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
             loader = build_pretrain_loader(cfg.data, tcfg.micro_batch_size, rank, world,
                                            epoch=epoch, start_batch=micro_in_epoch)
             for batch in _timed(loader, window):
-                images = batch.images.to(device, dtype=dtype, non_blocking=True)
+                images = batch.normalized(device, dtype, non_blocking=True)  # uint8 moved, normalised there
                 if micro_in_epoch % accum == 0:
                     apply_lr(optimizer, warmup_cosine(step, total_steps, warmup, peak_lr, ocfg.min_lr))
                 loss, _, _ = engine(images, mcfg.mask_ratio, generator)
