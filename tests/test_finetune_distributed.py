@@ -3,23 +3,14 @@ synthetic Potsdam-format data must learn (mIoU far above chance), and the engine
 evaluation, best checkpoint and complete checkpoints."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from launching import DEEPSPEED, ROOT, free_port
 
 pytestmark = pytest.mark.distributed
-
-ROOT = Path(__file__).resolve().parents[1]
-DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
