@@ -28,8 +28,8 @@ def manifest(tmp_path_factory) -> Path:
     return write_millionaid_shards(d / "tree", d / "shards", maxcount=20).manifest_path
 
 
-def launch(run_dir: Path, manifest: Path, *overrides: str, env_extra=None, expect_ok=True):
-    cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "--module", "rsfm_ds.cli",
+def launch(run_dir: Path, manifest: Path, *overrides: str, env_extra=None, expect_ok=True, port=None):
+    cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(port or free_port()), "--module", "rsfm_ds.cli",
            "pretrain", "--config", "configs/pretrain/debug.yaml", f"run_dir={run_dir}",
            f"data.shards={manifest}", "log.every_steps=1", "checkpoint.every_steps=10",
            "checkpoint.keep_last=20", "train.epochs=25", "train.max_steps=100", *overrides]
@@ -53,11 +53,20 @@ def losses(run_dir: Path) -> dict:
     return out
 
 
+REFERENCE_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def reference_run(manifest, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("reference")
-    launch(run_dir, manifest)
+    launch(run_dir, manifest, port=REFERENCE_PORT)
     return run_dir
+
+
+def test_run_leaves_no_shared_memory_behind(reference_run):
+    # DeepSpeed's CPU all-reduce segments (66 MB per rank) live in RAM-backed /dev/shm.
+    leftovers = [p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{REFERENCE_PORT}_*")]
+    assert leftovers == []
 
 
 def test_loss_falls(reference_run):

@@ -36,12 +36,35 @@ def init_distributed() -> Tuple[int, int, int]:
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+        if not torch.cuda.is_available():
+            _release_shm_allreduce_buffer()
     rank = torch.distributed.get_rank()
     world = torch.distributed.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count() or 1)))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     return rank, local_rank, world
+
+
+def _release_shm_allreduce_buffer() -> None:
+    """Unlink this rank's DeepSpeed CPU shared-memory all-reduce segment once every rank mapped it.
+
+    DeepSpeed's CPU backend creates ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>``
+    (66 MB) per rank and never unlinks it, so every CPU run leaves its segments behind in RAM-backed
+    tmpfs; a test suite leaks gigabytes. Peers open each other's segments inside
+    ``init_distributed``; after a barrier every mapping exists, and unlinking only drops the name
+    (the memory stays valid until the processes exit, then the kernel frees it).
+    """
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not addr or not port:
+        return
+    if torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{torch.distributed.get_rank()}"
+    try:
+        os.unlink(Path("/dev/shm") / name)
+    except FileNotFoundError:
+        pass
 
 
 def _free_port() -> int:
