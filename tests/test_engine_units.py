@@ -131,3 +131,25 @@ def test_run_config_cross_checks_name_the_field():
         load_config(PretrainConfig, overrides=["data.img_size=96", "model.img_size=224"])
     with pytest.raises(ConfigError, match="model.img_size: must be a positive multiple of the patch size 16"):
         load_config(PretrainConfig, overrides=["model.img_size=100", "data.img_size=100"])
+
+
+def test_detection_fraction_keeps_whole_source_images_and_nests():
+    import numpy as np
+
+    from rsfm_ds.data.det_dataset import DetRecord
+    from rsfm_ds.engine.detection import _image_fraction
+
+    empty = np.zeros((0, 8), np.float32)
+    records = [DetRecord(f"P{img:04d}__1024__{x}___0", None, empty, np.zeros(0, np.int64), np.zeros(0, np.int64))
+               for img in range(40) for x in (0, 824)]
+    sources = {}
+    for fraction in (0.1, 0.25, 1.0):
+        kept = _image_fraction(records, fraction, seed=3)
+        by_source = {}
+        for r in kept:
+            by_source.setdefault(r.image_id.split("__")[0], []).append(r.image_id)
+        # Both patches of each chosen image, and ceil(fraction * 40) images.
+        assert all(len(v) == 2 for v in by_source.values())
+        assert len(by_source) == int(np.ceil(fraction * 40))
+        sources[fraction] = set(by_source)
+    assert sources[0.1] < sources[0.25] < sources[1.0]

@@ -15,15 +15,10 @@ slides windows (:mod:`rsfm_ds.evaluation.sliding_window`).
 Randomness is a function of ``(seed, epoch, index)`` only (call :meth:`SegDataset.set_epoch`), so
 augmentations do not depend on DataLoader workers and a resumed run sees the same crops.
 
-Data-efficiency subsets (:func:`select_fraction`): the files are ordered by
-``sha256(f"{seed}:{file name}")`` and the first ``ceil(fraction * N)`` (at least one) are kept. The
-subset is a deterministic function of (file names, fraction, seed), independent of listing order,
-and nested: for one seed the 1% subset is inside the 5% subset, which is inside the 10% subset.
+Data-efficiency subsets: :func:`rsfm_ds.data.subsets.select_fraction`, keyed by image file name.
 """
 from __future__ import annotations
 
-import hashlib
-import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -33,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..evaluation.seg_metrics import apply_reduce_zero_label
+from .subsets import select_fraction
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 Pair = Tuple[Path, Optional[Path]]
@@ -54,24 +50,6 @@ def mmseg_pairs(root: Union[str, Path], split: str, img_dir: str = "img_dir", an
         raise FileNotFoundError(f"{len(missing)} labels missing in {label_dir}: {', '.join(missing[:5])}"
                                 f"{' ...' if len(missing) > 5 else ''}")
     return [(p, label_dir / p.name) for p in images]
-
-
-def select_fraction(names: Sequence[str], fraction: float, seed: int = 0) -> List[int]:
-    """Indices (ascending) into ``names`` of the seeded ``fraction`` subset (module doc: nested).
-
-    Raises:
-        ValueError: ``fraction`` not in ``(0, 1]``, no names, or duplicate names.
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction: must be in (0, 1], got {fraction}")
-    if not names:
-        raise ValueError("select_fraction: empty file list")
-    if len(set(names)) != len(names):
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"fraction subsets are keyed by file name, which must be unique; repeated: {dupes[:5]}")
-    keep = max(1, math.ceil(fraction * len(names) - 1e-9))  # tolerance: 0.05 * 100 is 5.000000000000001
-    order = sorted(range(len(names)), key=lambda i: hashlib.sha256(f"{seed}:{names[i]}".encode()).digest())
-    return sorted(order[:keep])
 
 
 def photometric_distortion(img: np.ndarray, rng: np.random.Generator, brightness_delta: int = 32,

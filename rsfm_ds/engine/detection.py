@@ -42,6 +42,7 @@ from ..data.det_dataset import (DetectionDataset, DetRecord, collate_detection, 
 from ..data.dota import DOTA_CLASS_LISTS, Detections, load_dota_labels, write_task1_dir
 from ..data.dota_merge import merge_detections
 from ..data.dota_split import parse_patch_name
+from ..data.subsets import select_fraction
 from ..evaluation.rotated_map import DEVKIT, MMROTATE, MapResult, class_list, evaluate_rotated_map
 from ..models.heads import OrientedRCNN
 from ..models.heads.oriented_rpn import RPN_NMS_TYPES
@@ -93,6 +94,11 @@ class DetDataConfig:
     protocol: str = "devkit"
     """mAP protocol: devkit (IoU > 0.5, difficult ignored, VOC07 AP; also DIOR-R's) or mmrotate
     (IoU >= 0.5, difficult counted)."""
+    fraction: float = 1.0
+    """Fraction of the training images used (data-efficiency study). Patches of split DOTA images
+    are kept or dropped with their source image, so no image is half in the subset."""
+    fraction_seed: int = 0
+    """Seed of the training subset (fixed per study, nested across fractions)."""
 
     def __post_init__(self):
         check(self.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, got {self.dataset!r}")
@@ -113,6 +119,7 @@ class DetDataConfig:
             value = getattr(self, name)
             check(0.0 <= value <= 1.0, name, f"must be in [0, 1], got {value}")
         check(self.protocol in PROTOCOLS, "protocol", f"must be one of {tuple(PROTOCOLS)}, got {self.protocol!r}")
+        check(0 < self.fraction <= 1, "fraction", f"must be in (0, 1], got {self.fraction}")
 
 
 @dataclass
@@ -207,6 +214,21 @@ class DetRoIConfig:
         check(self.max_per_img > 0, "max_per_img", f"must be positive, got {self.max_per_img}")
 
 
+def _source_image(image_id: str) -> str:
+    """The image a record came from: the source of a DOTA patch name, else the record itself."""
+    try:
+        return parse_patch_name(image_id).image_id
+    except ValueError:
+        return image_id
+
+
+def _image_fraction(records: List[DetRecord], fraction: float, seed: int) -> List[DetRecord]:
+    """The seeded ``fraction`` of source images (nested across fractions), with all their patches."""
+    sources = sorted({_source_image(r.image_id) for r in records})
+    keep = {sources[i] for i in select_fraction(sources, fraction, seed)}
+    return [r for r in records if _source_image(r.image_id) in keep]
+
+
 def _check_assign(pos_iou: float, neg_iou: float, num_samples: int, pos_fraction: float) -> None:
     check(0.0 < pos_iou <= 1.0, "pos_iou", f"must be in (0, 1], got {pos_iou}")
     check(0.0 <= neg_iou <= pos_iou, "neg_iou", f"must be in [0, pos_iou={pos_iou}], got {neg_iou}")
@@ -268,6 +290,8 @@ class DetectionTask(FinetuneTask):
             records = [r for folder in dirs for r in dota_records(folder, dataset_classes)]
         if tuple(self.classes) != tuple(dataset_classes):
             records = select_classes(records, dataset_classes, self.classes)
+        if train and d.fraction < 1:
+            records = _image_fraction(records, d.fraction, d.fraction_seed)
         return records
 
     def train_dataset(self) -> DetectionDataset:

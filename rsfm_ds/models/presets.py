@@ -55,9 +55,17 @@ class ViTPreset:
 
 
 PRESETS: Dict[str, ViTPreset] = {p.name: p for p in [
+    # The CPU scaling study needs a family of tiny models that grows the way the paper's does
+    # (width and parallel branches at fixed depth): debug_s < debug < debug_l.
+    ViTPreset("debug_s", embed_dim=64, mlp_dim=256, num_heads=2, depth=4, num_branches=1,
+              decoder=(64, 2, 4), global_attn_indexes=(1, 3),
+              notes="smallest of the CPU scaling family"),
     ViTPreset("debug", embed_dim=128, mlp_dim=512, num_heads=4, depth=4, num_branches=2,
               decoder=(64, 2, 4), global_attn_indexes=(1, 3),
               notes="tiny preset exercising every code path on CPU"),
+    ViTPreset("debug_l", embed_dim=192, mlp_dim=768, num_heads=6, depth=4, num_branches=4,
+              decoder=(64, 2, 4), global_attn_indexes=(1, 3),
+              notes="largest of the CPU scaling family"),
     ViTPreset("vit_b12x1", embed_dim=768, mlp_dim=3072, num_heads=12, depth=12, num_branches=1,
               notes="ViT-B/16, the paper's 86M model"),
     ViTPreset("vit_l12x4", embed_dim=1024, mlp_dim=4096, num_heads=16, depth=12, num_branches=4,
