@@ -12,6 +12,7 @@ import sys
 from typing import Callable, List, Optional
 
 from .config import ConfigError
+from .data.verify_cli import add_datasets
 
 
 def add_models(sub: argparse._SubParsersAction) -> None:
@@ -633,19 +634,31 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrain", default=None, help="pretraining run_dir")
     p.add_argument("--finetune", action="append", default=[], metavar="NAME=RUN_DIR",
                    help="a fine-tuning run_dir under a name (repeatable)")
+    p.add_argument("--eval", action="append", default=[], metavar="NAME=JSON",
+                   help="the --json of an `rsfm eval` of NAME's saved predictions, shown beside the run's "
+                        "own metrics (repeatable)")
 
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         from .report import write_report
 
-        finetunes = {}
-        for item in args.finetune:
-            if "=" not in item:
-                raise ConfigError(f"--finetune {item!r}: expected NAME=RUN_DIR")
-            name, run_dir = item.split("=", 1)
-            finetunes[name] = Path(run_dir)
-        path = write_report(Path(args.out), Path(args.pretrain) if args.pretrain else None, finetunes)
+        def named(items: List[str], flag: str, value: str) -> dict:
+            out = {}
+            for item in items:
+                if "=" not in item:
+                    raise ConfigError(f"{flag} {item!r}: expected NAME={value}")
+                name, path = item.split("=", 1)
+                out[name] = Path(path)
+            return out
+
+        finetunes = named(args.finetune, "--finetune", "RUN_DIR")
+        independent = named(args.eval, "--eval", "JSON")
+        unknown = sorted(set(independent) - set(finetunes))
+        if unknown:
+            raise ConfigError(f"--eval {unknown[0]}=...: no --finetune of that name")
+        path = write_report(Path(args.out), Path(args.pretrain) if args.pretrain else None, finetunes,
+                            independent)
         print(f"report: {path}")
         return 0
 
@@ -696,7 +709,7 @@ def add_study(sub: argparse._SubParsersAction) -> None:
 
 # Verb groups in the order `rsfm --help` lists them.
 COMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_models, add_pretrain, add_synth,
-                                                                add_shards, add_potsdam, add_dota, add_finetune,
+                                                                add_shards, add_datasets, add_potsdam, add_dota, add_finetune,
                                                                 add_eval, add_convert, add_report,
                                                                 add_study]
 
