@@ -1,4 +1,6 @@
-"""Launch scripts: syntax, and the commands the SLURM script renders for a 2-node x 8-GPU job."""
+"""Launch scripts: syntax, the commands the SLURM scripts render for a 2-node x 8-GPU job, and how
+submit_study.sh sizes and chains its jobs (fake scontrol/srun/sbatch; tests/test_slurm.py runs them
+for real)."""
 import os
 import stat
 import subprocess
@@ -21,7 +23,9 @@ def fake_tool(bin_dir: Path, name: str, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-def test_slurm_pretrain_renders_one_launcher_per_node(tmp_path):
+def render_sbatch(tmp_path, script: str, *args: str, **env_extra: str):
+    """Runs an sbatch script as SLURM would on the first of 2 nodes x 8 GPUs, with fake scontrol
+    and srun; returns its stdout, the per-node command srun was given (split) and srun's args."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     # scontrol expands the node list as SLURM does; srun records how it was called.
@@ -30,14 +34,18 @@ def test_slurm_pretrain_renders_one_launcher_per_node(tmp_path):
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
            "SLURM_JOB_NODELIST": "gpu-[a17,b03]", "SLURM_NNODES": "2", "SLURM_GPUS_ON_NODE": "8",
            "SLURM_CPUS_PER_TASK": "64", "SLURM_SUBMIT_DIR": str(ROOT), "RSFM_JOB_DIR": str(tmp_path),
-           "VIRTUAL_ENV": os.environ.get("VIRTUAL_ENV", "/venv"),
-           "CONFIG": "configs/pretrain/vit_l12x4.yaml"}
-    out = subprocess.run(["bash", str(ROOT / "launch/slurm/pretrain.sbatch"), "train.max_steps=10"],
+           "VIRTUAL_ENV": os.environ.get("VIRTUAL_ENV", "/venv"), **env_extra}
+    out = subprocess.run(["bash", str(ROOT / "launch/slurm" / script), *args],
                          env=env, capture_output=True, text=True, check=True)
-    assert "2 nodes x 8 GPUs, master gpu-a17:24242" in out.stdout
-    args = (tmp_path / "srun.args").read_text().splitlines()
-    assert args[:3] == ["--ntasks-per-node=1", "--kill-on-bad-exit=1", "bash"]
-    cmd = args[-1].split()
+    srun_args = (tmp_path / "srun.args").read_text().splitlines()
+    return out.stdout, srun_args[-1].split(), srun_args
+
+
+def test_slurm_pretrain_renders_one_launcher_per_node(tmp_path):
+    stdout, cmd, srun_args = render_sbatch(tmp_path, "pretrain.sbatch", "train.max_steps=10",
+                                           CONFIG="configs/pretrain/vit_l12x4.yaml")
+    assert "2 nodes x 8 GPUs, master gpu-a17:24242" in stdout
+    assert srun_args[:3] == ["--ntasks-per-node=1", "--kill-on-bad-exit=1", "bash"]
     assert cmd[:2] == ["deepspeed", "--hostfile"]
     launcher = cmd[1:cmd.index("--module")]
     options = {flag: value for flag, value in zip(launcher, launcher[1:] + [""])
@@ -51,6 +59,51 @@ def test_slurm_pretrain_renders_one_launcher_per_node(tmp_path):
                     "--resume", "auto", "train.max_steps=10"]
     hostfile = Path(options["--hostfile"])
     assert hostfile.read_text().splitlines() == ["gpu-a17 slots=8", "gpu-b03 slots=8"]
+
+
+@pytest.mark.parametrize("script, task, config", [
+    ("detection.sbatch", "det", "configs/det/dota2_vit_l12x4.yaml"),
+    ("segmentation.sbatch", "seg", "configs/seg/potsdam_vit_l12x4.yaml"),
+])
+def test_slurm_finetune_renders_the_task_with_resume(tmp_path, script, task, config):
+    stdout, cmd, _ = render_sbatch(tmp_path, script, "schedule.length=10")
+    assert "2 nodes x 8 GPUs, master gpu-a17:24242" in stdout
+    assert cmd[cmd.index("--module"):] == ["--module", "rsfm_ds.cli", "finetune", task, "--config", config,
+                                           "--resume", "auto", "schedule.length=10"]
+
+
+def test_slurm_study_task_runs_its_cell(tmp_path):
+    _, cmd, _ = render_sbatch(tmp_path, "study.sbatch", "seed=1", CONFIG="configs/study/scaling.yaml",
+                              SLURM_ARRAY_JOB_ID="4240", SLURM_ARRAY_TASK_ID="3")
+    assert cmd[cmd.index("--module"):] == ["--module", "rsfm_ds.cli", "study", "--config",
+                                           "configs/study/scaling.yaml", "--cell", "3", "seed=1"]
+
+
+def test_submit_study_sizes_the_array_and_queues_collect(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # rsfm logs its calls and has 5 cells; sbatch logs each call and answers job ids 100, 101.
+    fake_tool(bin_dir, "rsfm", f'echo "$*" >> {tmp_path}/rsfm.calls\n'
+                               '[[ " $* " == *" --count "* ]] && echo 5\nexit 0\n')
+    fake_tool(bin_dir, "sbatch", f'n=$(ls {tmp_path} | grep -c "^sbatch\\.")\n'
+                                 f'printf "%s\\n" "$@" > {tmp_path}/sbatch.$n\n'
+                                 'echo "$((100 + n));cluster"\n')
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "MAX_PARALLEL": "2",
+           "VIRTUAL_ENV": os.environ.get("VIRTUAL_ENV", "/venv")}
+    out = subprocess.run(["bash", str(ROOT / "launch/slurm/submit_study.sh"), "configs/study/scaling.yaml",
+                          "--partition=gpu", "--", "seed=1"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-2:] == ["array 100", "collect 101"]
+    calls = (tmp_path / "rsfm.calls").read_text().splitlines()
+    assert calls == ["study --config configs/study/scaling.yaml --prepare seed=1",
+                     "study --config configs/study/scaling.yaml --count seed=1"]
+    array = (tmp_path / "sbatch.0").read_text().splitlines()
+    assert array[0] == "--parsable" and "--partition=gpu" in array and "--array=0-4%2" in array
+    assert array[-2:] == [str(ROOT / "launch/slurm/study.sbatch"), "seed=1"]
+    collect = (tmp_path / "sbatch.1").read_text().splitlines()
+    assert "--partition=gpu" in collect and "--dependency=afterany:100" in collect
+    wrap = collect[collect.index("--wrap") + 1]
+    assert wrap.endswith("study --config configs/study/scaling.yaml --collect seed=1"), wrap
 
 
 def test_launch_pretrain_refuses_several_nodes_without_hostfile(tmp_path):

@@ -23,11 +23,22 @@ rsfm_slurm_setup() {
 }
 
 # The command each node's task runs: deepspeed without ssh, this node's rank from SLURM_NODEID.
-# Usage: srun ... bash -c "$(rsfm_node_launcher) <module args>"
+# Usage: srun ... bash -c "$(rsfm_node_launcher) <module args>" (or rsfm_srun_per_node, below)
 rsfm_node_launcher() {
   echo "deepspeed --hostfile $HOSTFILE --no_ssh --node_rank \$SLURM_NODEID" \
        "--num_nodes $NNODES --num_gpus $GPUS_PER_NODE" \
        "--master_addr $MASTER_ADDR --master_port $MASTER_PORT --module rsfm_ds.cli"
+}
+
+# Runs `<launcher> ARGS...` once on every node of the allocation and returns its status.
+# --kill-on-bad-exit: when one node's launcher fails, SLURM stops the others instead of leaving
+# them blocked in a collective until the time limit.
+rsfm_srun_per_node() {
+  local cmd
+  cmd="$(rsfm_node_launcher)$(printf ' %q' "$@")"
+  echo "[rsfm] $NNODES nodes x $GPUS_PER_NODE GPUs, master $MASTER_ADDR:$MASTER_PORT"
+  echo "[rsfm] per node: $cmd"
+  ${RSFM_SRUN:-srun} --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c "$cmd"
 }
 
 # Cluster networking for NCCL; each line says why. Override any of them before sourcing.

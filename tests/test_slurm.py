@@ -1,0 +1,261 @@
+"""The sbatch scripts against a real SLURM cluster: munged, slurmctld and slurmd on this machine.
+
+launch/slurm/testbed.sh starts a one-node cluster in a temporary directory (installing Debian's
+packages first when they are missing and we are root). Through ``sbatch`` the tests then run what
+a user runs on a cluster, with CPU ranks instead of GPUs (``--gpus-per-node=0``, two ranks on the
+one node): debug MAE pretraining that must finish and leave a complete checkpoint; the same job
+resubmitted with more steps, which must resume from that checkpoint; and a two-cell study as an
+array job plus its collect job (launch/slurm/submit_study.sh). No slurmdbd: job states come from
+``scontrol show job`` (the testbed keeps finished jobs for an hour).
+
+Every failure names the job, and prints the tail of its log and of the daemons' logs.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+from launching import ROOT
+
+pytestmark = pytest.mark.slurm
+
+TESTBED = ROOT / "launch" / "slurm" / "testbed.sh"
+# No job here needs more than a minute; the limit only turns a hang into a failure with logs.
+JOB_TIMEOUT_S = 420
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+            "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+# Pending reasons that no amount of waiting resolves (the request can never fit the node, or a
+# dependency failed): fail at once instead of at the timeout.
+NEVER = {"PartitionConfig", "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit",
+         "DependencyNeverSatisfied", "InvalidQOS", "InvalidAccount"}
+# What every job of these tests asks for: one node, 2 CPUs (one per rank), no GPUs (the #SBATCH
+# lines ask for 8 GPUs and 64 CPUs per node; command-line options override them).
+CPU_JOB = ["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2"]
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError as err:
+        return f"(cannot read: {err})"
+
+
+class Cluster:
+    """The running testbed: submits jobs, waits for them, and explains failures."""
+
+    def __init__(self, directory: Path, env: Dict[str, str]):
+        self.dir = directory
+        self.env = env
+
+    def run(self, cmd: List[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([str(c) for c in cmd], cwd=cwd, env=self.env, capture_output=True,
+                              text=True, **kw)
+
+    def sbatch(self, *args, cwd: Path) -> str:
+        proc = self.run(["sbatch", "--parsable", *args], cwd=cwd, timeout=60)
+        if proc.returncode != 0:
+            raise AssertionError(f"sbatch {' '.join(map(str, args))} refused the job:\n"
+                                 f"{proc.stderr}\n{self.daemon_logs()}")
+        return proc.stdout.strip().split(";")[0]
+
+    def records(self, job_id: str) -> List[Dict[str, str]]:
+        """One dict per job (per array task, once the tasks exist) from `scontrol show job -o`."""
+        proc = self.run(["scontrol", "show", "job", "-o", job_id], cwd=self.dir, timeout=30)
+        if proc.returncode != 0:
+            raise AssertionError(f"scontrol show job {job_id} failed: {proc.stderr}\n{self.daemon_logs()}")
+        out = []
+        for line in proc.stdout.splitlines():
+            # Values are single tokens except Command= and the like, which we do not read.
+            out.append(dict(re.findall(r"(\w+)=(\S*)", line)))
+        return out
+
+    def wait(self, job_id: str) -> List[Dict[str, str]]:
+        """Poll until the job (every task of an array) has ended; returns its records."""
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while True:
+            records = self.records(job_id)
+            if records and all(r.get("JobState") in TERMINAL for r in records):
+                return records
+            stuck = [r for r in records if r.get("JobState") == "PENDING" and r.get("Reason") in NEVER]
+            if stuck:
+                raise AssertionError(self.explain(job_id, f"can never start (Reason={stuck[0]['Reason']})"))
+            if time.monotonic() > deadline:
+                raise AssertionError(self.explain(job_id, f"still running after {JOB_TIMEOUT_S} s"))
+            time.sleep(1)
+
+    def explain(self, job_id: str, what: str) -> str:
+        """A failure message: the job, its state line(s), its log tail(s), the daemons' logs."""
+        parts = [f"SLURM job {job_id} {what}"]
+        for r in self.records(job_id):
+            parts.append(f"job {_name(r)}: JobState={r.get('JobState')} Reason={r.get('Reason')} "
+                         f"ExitCode={r.get('ExitCode')} log {r.get('StdOut')}")
+            if r.get("StdOut") and Path(r["StdOut"]).exists():
+                parts.append(f"==== tail {r['StdOut']}\n{_tail(Path(r['StdOut']))}")
+        parts.append(self.daemon_logs())
+        return "\n".join(parts)
+
+    def daemon_logs(self) -> str:
+        proc = subprocess.run(["bash", str(TESTBED), "logs", str(self.dir)], capture_output=True, text=True)
+        return proc.stdout + proc.stderr
+
+    def expect_completed(self, job_id: str) -> List[Dict[str, str]]:
+        records = self.wait(job_id)
+        bad = [r for r in records if r.get("JobState") != "COMPLETED"]
+        if bad:
+            raise AssertionError(self.explain(job_id, "did not complete"))
+        for r in records:
+            print(f"[slurm] job {_name(r)} {r.get('JobName')}: {r['JobState']} in {r.get('RunTime')}")
+        return records
+
+
+def _name(record: Dict[str, str]) -> str:
+    """A job's id as squeue shows it: `<array job>_<task> (job <id>)` for array tasks."""
+    if record.get("ArrayTaskId"):
+        return f"{record.get('ArrayJobId')}_{record['ArrayTaskId']} (job {record.get('JobId')})"
+    return record.get("JobId", "?")
+
+
+def _can_run_slurm() -> str:
+    """Why the testbed cannot run here, or '' when it can (installing the packages if needed)."""
+    if os.geteuid() != 0:
+        return "needs root (slurmd runs as root; installing SLURM needs apt-get as root)"
+    if all(shutil.which(tool) for tool in ("munged", "slurmctld", "slurmd", "sbatch")):
+        return ""
+    proc = subprocess.run(["bash", str(TESTBED), "install"], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        return f"could not install SLURM/MUNGE with apt-get:\n{proc.stderr[-3000:]}"
+    return ""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = _can_run_slurm()
+    if reason:
+        print(f"[slurm] skipped: {reason}")
+        pytest.skip(reason)
+    directory = tmp_path_factory.mktemp("slurm") / "cluster"
+    work = directory.parent
+    started = time.monotonic()
+    bin_dir = str(Path(sys.executable).parent)
+    # Without the caller's SLURM_*/SBATCH_*/SRUN_* variables: run inside a real allocation, they
+    # would name its partition, account or job to our cluster.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))},
+           "SLURM_CONF": str(directory / "slurm.conf"),
+           # The jobs find the repository, this virtual environment and its deepspeed through
+           # the environment sbatch passes on (--export=ALL), as they would on a cluster.
+           "RSFM_ROOT": str(ROOT), "VIRTUAL_ENV": sys.prefix,
+           "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+           "RSFM_JOB_DIR": str(work),          # hostfiles, not in the repository
+           "GPUS_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.run(["bash", str(TESTBED), "start", str(directory)], env=env,
+                              capture_output=True, text=True, timeout=180)
+        if proc.returncode != 0:
+            raise AssertionError(f"the SLURM testbed did not start:\n{proc.stdout}\n{proc.stderr}")
+        print(f"\n[slurm] testbed up in {time.monotonic() - started:.1f} s: {directory}")
+        yield Cluster(directory, env)
+    finally:
+        subprocess.run(["bash", str(TESTBED), "stop", str(directory)], capture_output=True, timeout=120)
+        print(f"[slurm] testbed stopped; {time.monotonic() - started:.1f} s in all")
+
+
+def _pretrain(cluster: Cluster, work: Path, manifest: Path, steps: int) -> str:
+    return cluster.sbatch(*CPU_JOB, f"--output={work}/pretrain-%j.out",
+                          "--export=ALL,CONFIG=configs/pretrain/debug.yaml",
+                          ROOT / "launch/slurm/pretrain.sbatch",
+                          f"run_dir={work}/pretrain", f"data.shards={manifest}",
+                          f"train.max_steps={steps}", "checkpoint.every_steps=2", "log.every_steps=1",
+                          cwd=work)
+
+
+@pytest.fixture(scope="module")
+def first_pretrain(cluster, millionaid_shards):
+    work = cluster.dir.parent
+    job = _pretrain(cluster, work, millionaid_shards, steps=2)
+    cluster.expect_completed(job)
+    return job, work
+
+
+def test_pretrain_job_completes_with_a_checkpoint(cluster, first_pretrain):
+    job, work = first_pretrain
+    log = (work / f"pretrain-{job}.out").read_text()
+    context = f"SLURM job {job}, log {work}/pretrain-{job}.out"
+    # common.sh turned SLURM's variables into one launcher for the one node, two ranks.
+    assert "[rsfm] 1 nodes x 2 GPUs" in log, context
+    assert "--node_rank $SLURM_NODEID --num_nodes 1 --num_gpus 2" in log, context
+    assert "world 2" in log and "done: 2 steps" in log, context
+    assert (work / "pretrain/checkpoints/step_00000002/COMPLETE").is_file(), context
+
+
+def test_resubmitted_job_resumes_from_the_checkpoint(cluster, first_pretrain, millionaid_shards):
+    _, work = first_pretrain
+    job = _pretrain(cluster, work, millionaid_shards, steps=4)
+    cluster.expect_completed(job)
+    context = f"SLURM job {job}, log {work}/pretrain-{job}.out, train log {work}/pretrain/train.log"
+    train_log = (work / "pretrain/train.log").read_text()
+    assert "resumed from" in train_log and "step_00000002 (step 2)" in train_log, context
+    steps = [int(m) for m in re.findall(r'"step": (\d+)', (work / "pretrain/metrics.jsonl").read_text())]
+    assert steps == [1, 2, 3, 4], (steps, context)      # 3 and 4 continue the first job's 1 and 2
+    assert (work / "pretrain/checkpoints/step_00000004/COMPLETE").is_file(), context
+
+
+STUDY = """\
+# Two cells (one preset x two data fractions) of a tiny segmentation study, written by test_slurm.
+name: slurm-test
+out_dir: {out_dir}
+presets: [debug_s]
+train_fractions: [0.5, 1.0]
+seed: 0
+overrides:
+  log.tensorboard: false
+  log.progress: false
+  train.num_workers: 0
+datasets:
+  - name: potsdam
+    task: seg
+    config: configs/seg/potsdam_debug.yaml
+    prepare:
+      - rsfm synth potsdam --out {{out_dir}}/data/potsdam --tiles 4 --size 512 --seed 0
+      - rsfm potsdam prepare --root {{out_dir}}/data/potsdam --out {{out_dir}}/data/potsdam_prepared --crop 256 --stride 256
+    overrides:
+      data.root: "{{out_dir}}/data/potsdam_prepared"
+      schedule.length: 4
+      schedule.warmup: 1
+      eval.every: 4
+      checkpoint.every_steps: 4
+      log.every_steps: 1
+"""
+
+
+def test_study_array_runs_every_cell_then_collects(cluster, tmp_path):
+    out_dir = tmp_path / "study"
+    config = tmp_path / "study.yaml"
+    config.write_text(STUDY.format(out_dir=out_dir))
+    # Run from tmp_path: the jobs' logs land there; the scripts find the repository via RSFM_ROOT.
+    proc = cluster.run(["bash", ROOT / "launch/slurm/submit_study.sh", config, *CPU_JOB],
+                       cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, f"submit_study.sh failed:\n{proc.stdout}\n{proc.stderr}\n{cluster.daemon_logs()}"
+    ids = dict(line.split() for line in proc.stdout.splitlines() if line.startswith(("array ", "collect ")))
+    assert set(ids) == {"array", "collect"}, proc.stdout
+    assert "2 cells" in proc.stdout, proc.stdout
+
+    tasks = cluster.expect_completed(ids["array"])
+    assert sorted(r["ArrayTaskId"] for r in tasks) == ["0", "1"], tasks
+    for r in tasks:
+        context = f"SLURM job {r['JobId']} (array {ids['array']} task {r['ArrayTaskId']}), log {r['StdOut']}"
+        log = Path(r["StdOut"]).read_text()
+        assert f"study cell {r['ArrayTaskId']} of array job {ids['array']}" in log, context
+        assert "world 2" in log, context       # the cell ran in two ranks under the node's launcher
+    cluster.expect_completed(ids["collect"])
+
+    for fraction in ("0.5", "1"):
+        result = out_dir / f"cells/potsdam/debug_s/frac_{fraction}/result.json"
+        assert result.is_file(), f"no {result}; cell logs in {tmp_path}"
+    rows = (out_dir / "results.csv").read_text().splitlines()
+    assert len(rows) == 3, rows                # header + both cells
+    assert "2 of 2 cells complete" in (out_dir / "results.md").read_text()
