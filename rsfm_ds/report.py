@@ -61,8 +61,19 @@ def _bar(values: Dict[str, float], ylabel: str, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out: Path, pretrain: Optional[Path], finetunes: Dict[str, Path]) -> Path:
-    """Write ``out`` (markdown) and its PNG plots beside it; returns ``out``."""
+def _num(value: float) -> str:
+    """Counts as integers, metrics to 4 significant digits (mAP is a fraction, mIoU a percentage)."""
+    return f"{int(value):d}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4g}"
+
+
+def write_report(out: Path, pretrain: Optional[Path], finetunes: Dict[str, Path],
+                 independent: Optional[Dict[str, Path]] = None) -> Path:
+    """Write ``out`` (markdown) and its PNG plots beside it; returns ``out``.
+
+    ``independent`` maps a fine-tuning name to the ``--json`` of an ``rsfm eval`` run on that
+    run's saved predictions; its headline metrics are shown beside the engine's own.
+    """
+    independent = independent or {}
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# rsfm-ds run report", ""]
     if pretrain is not None:
@@ -90,13 +101,22 @@ def write_report(out: Path, pretrain: Optional[Path], finetunes: Dict[str, Path]
             lines += ["No evaluation found.", ""]
             continue
         scalars = {k: v for k, v in result.items() if isinstance(v, (int, float)) and "/" not in k and k != "step"}
-        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in scalars.items()] + [""]
+        check = json.loads(Path(independent[name]).read_text()) if name in independent else {}
+        header = f"| metric (step {result.get('step', '?')}) | value |"
+        if check:
+            header += f" `rsfm eval` on the saved predictions ({independent[name]}) |"
+        lines += [header, "|---|---|" + ("---|" if check else "")]
+        for k, v in scalars.items():
+            other = check.get(k)
+            cell = f" {_num(other)} |" if isinstance(other, (int, float)) else (" |" if check else "")
+            lines.append(f"| {k} | {_num(v)} |{cell}")
+        lines.append("")
         per_class = {k.split("/", 1)[1]: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
         if per_class:
             kind = next(k for k in result if "/" in k).split("/")[0]
             _bar(per_class, kind, f"{name}: per-class {kind}", out.parent / f"{name}_per_class.png")
             lines += ["| class | " + kind + " |", "|---|---|"]
-            lines += [f"| {c} | {v:.2f} |" for c, v in per_class.items()]
+            lines += [f"| {c} | {_num(v)} |" for c, v in per_class.items()]
             lines += ["", f"![{name} per class]({name}_per_class.png)", ""]
     out.write_text("\n".join(lines) + "\n")
     return out
