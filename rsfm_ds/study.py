@@ -418,25 +418,32 @@ def _plot(cfg: StudyConfig, results: Dict[int, Dict[str, Any]], plot_dir: Path) 
         by_preset = {f"{p} ({params[p] / 1e6:.2f}M)": [(f, series[(p, f)]) for f in cfg.train_fractions
                                                        if (p, f) in series] for p in cfg.presets}
         written.append(_line_plot(by_fraction, "backbone parameters", d.metric_name,
-                                  f"{cfg.name}: {d.name} vs parameters", plot_dir / f"{d.name}_vs_params.png"))
+                                  f"{cfg.name}: {d.name} vs parameters", plot_dir / f"{d.name}_vs_params.png",
+                                  tick_label=lambda x: f"{x / 1e6:.3g}M"))
         written.append(_line_plot(by_preset, "fraction of the training set", d.metric_name,
                                   f"{cfg.name}: {d.name} vs training data", plot_dir / f"{d.name}_vs_fraction.png"))
     return written
 
 
 def _line_plot(lines: Dict[str, List[Tuple[float, float]]], xlabel: str, ylabel: str, title: str,
-               path: Path) -> Path:
+               path: Path, tick_label=lambda x: f"{x:g}") -> Path:
     """One PNG with a log-x line per non-empty series of ``(x, y)`` points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import NullFormatter
+
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, pts in lines.items():
         if pts:
             ax.plot(*zip(*pts), marker="o", label=label)
     ax.set_xscale("log")
+    # Ticks at the grid's own values (0.01, 0.1, 1 / 86M, 605M), not at powers of ten.
+    xs = sorted({x for pts in lines.values() for x, _ in pts})
+    ax.set_xticks(xs, [tick_label(x) for x in xs])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(True, alpha=0.3)
     ax.legend()
