@@ -13,6 +13,7 @@ from typing import Callable, List, Optional
 
 from .config import ConfigError
 from .data.verify_cli import add_datasets
+from .planning.cli import add_plan
 
 
 def add_models(sub: argparse._SubParsersAction) -> None:
@@ -711,7 +712,7 @@ def add_study(sub: argparse._SubParsersAction) -> None:
 COMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_models, add_pretrain, add_synth,
                                                                 add_shards, add_datasets, add_potsdam, add_dota, add_finetune,
                                                                 add_eval, add_convert, add_report,
-                                                                add_study]
+                                                                add_study, add_plan]
 
 
 def build_parser() -> argparse.ArgumentParser:
