@@ -251,8 +251,10 @@ from rsfm_ds.checkpoint import load_backbone
 from rsfm_ds.models.presets import create_vit
 from rsfm_ds.models.vitdet import create_vitdet
 
+from rsfm_ds.engine.deepspeed_setup import init_distributed
+
 zero_dir, converted, out = sys.argv[-3:]
-deepspeed.init_distributed(dist_backend="gloo")
+init_distributed()
 rank = torch.distributed.get_rank()
 # Small parameters (biases, norms) stay replicated, the rest is partitioned: both paths run.
 ds = {"train_micro_batch_size_per_gpu": 1,

@@ -103,7 +103,7 @@ def test_tiny_study_runs_collects_and_skips_finished_cells(tmp_path):
     out = tmp_path / "study"
     config = write_study(
         tmp_path / "tiny.yaml", name="tiny", out_dir=str(out), presets=["debug_s", "debug"],
-        train_fractions=[0.5, 1.0], nproc=1,
+        train_fractions=[0.5], nproc=1,
         overrides={"log.tensorboard": False, "log.progress": False, "train.num_workers": 0,
                    "schedule.length": 3, "schedule.warmup": 1, "eval.every": 3, "checkpoint.every_steps": 3,
                    "train.global_batch_size": 2, "train.micro_batch_size": 2},
@@ -115,24 +115,23 @@ def test_tiny_study_runs_collects_and_skips_finished_cells(tmp_path):
     first = rsfm("study", "--config", str(config))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [(r["preset"], float(r["fraction"])) for r in rows] == [
-        ("debug_s", 0.5), ("debug_s", 1.0), ("debug", 0.5), ("debug", 1.0)]
+    assert [(r["preset"], float(r["fraction"])) for r in rows] == [("debug_s", 0.5), ("debug", 0.5)]
     for r in rows:
         assert int(r["steps"]) == 3 and 0.0 <= float(r["value"]) <= 100.0
         assert int(r["params"]) == count_trainable(create_vit(r["preset"]))
         assert (Path(r["run_dir"]) / "checkpoints" / "step_00000003" / "COMPLETE").is_file()
-    # Fraction 0.5 of the 4 training crops trains on 2 of them: the run logs its dataset size.
-    assert "potsdam/debug_s/frac_0.5" in first.stdout
+    # Fraction 0.5 of the 4 training crops: 2 crops, one batch of 2, so one step per epoch.
+    assert "1 steps/epoch" in (out / "cells" / "potsdam" / "debug_s" / "frac_0.5" / "train.log").read_text()
     assert (out / "plots" / "potsdam_vs_params.png").is_file()
     assert "| debug_s |" in (out / "results.md").read_text()
     # A re-run skips every finished cell and leaves its result untouched.
-    result = out / "cells" / "potsdam" / "debug" / "frac_1" / "result.json"
+    result = out / "cells" / "potsdam" / "debug" / "frac_0.5" / "result.json"
     before = result.stat().st_mtime_ns
     second = rsfm("study", "--config", str(config))
-    assert second.returncode == 0 and second.stdout.count("complete, skipping") == 4
+    assert second.returncode == 0 and second.stdout.count("complete, skipping") == 2
     assert result.stat().st_mtime_ns == before
     listed = rsfm("study", "--config", str(config), "--list").stdout.splitlines()
-    assert listed[3] == "3\tpotsdam/debug/frac_1\tcomplete"
+    assert listed == ["0\tpotsdam/debug_s/frac_0.5\tcomplete", "1\tpotsdam/debug/frac_0.5\tcomplete"]
 
 
 def test_a_failing_cell_is_reported_with_its_log_and_fails_the_study(tmp_path):
