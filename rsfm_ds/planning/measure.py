@@ -193,6 +193,11 @@ def worker(args: argparse.Namespace) -> None:
         (Path(args.out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
     else:
         print(json.dumps(result), flush=True)
+    # Leave together: a rank that exits while a peer's ZeRO-3 collectives are still in flight
+    # makes the peer's gloo thread abort the process ("terminate called without an active
+    # exception", seen once in CI after both ranks had reported).
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def _free_port() -> int:
