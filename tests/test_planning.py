@@ -361,6 +361,16 @@ def test_cli_errors_name_the_flag(argv, flag):
 
 
 # --- against a real run -------------------------------------------------------------------------
+# A rank's resident set once the process group is up (the profile's overhead) depends on the host,
+# not on the model: it counts the file-backed pages of torch's libraries that are mapped, which
+# varies with the page cache (a freshly installed environment measured 1.04 GB, one in use for
+# hours 0.80 GB, with identical packages). Each rank is therefore compared with a plan that takes
+# its own measured baseline (`rsfm plan --overhead-gb`); everything above it is the model's.
+
+
+def plans_for(results, **request):
+    return [plan_memory(PlanRequest(**request, overhead_gb=r["runtime_bytes"] / 1e9)) for r in results]
+
 
 @pytest.mark.distributed
 def test_prediction_matches_a_measured_debug_run():
@@ -368,10 +378,9 @@ def test_prediction_matches_a_measured_debug_run():
 
     results = launch("debug", ranks=2, micro_batch=8, precision="fp32",
                      ds_config="ds_configs/cpu_debug.json", steps=3, timeout=300)
-    plan = plan_memory(PlanRequest(preset="debug", gpus=2, gpu_mem_gb=10, micro_batch=8,
-                                   dtype="fp32", device="cpu",
-                                   ds_config="ds_configs/cpu_debug.json"))
-    for r in results:
+    plans = plans_for(results, preset="debug", gpus=2, gpu_mem_gb=10, micro_batch=8, dtype="fp32",
+                      device="cpu", ds_config="ds_configs/cpu_debug.json")
+    for r, plan in zip(results, plans):
         assert r["peak_bytes"] == pytest.approx(plan.peak, rel=0.2), (r, plan.phase_peaks)
         step_peak = max(v["peak_bytes"] for k, v in r["phases"].items() if k.startswith("step"))
         assert step_peak == pytest.approx(plan.phase_peaks["step"], rel=0.2)
@@ -384,8 +393,7 @@ def test_prediction_matches_a_measured_vit_b12x1_run():
 
     results = launch("vit_b12x1", ranks=2, micro_batch=2, precision="bf16",
                      ds_config="ds_configs/cpu_debug.json", steps=2, timeout=400)
-    plan = plan_memory(PlanRequest(preset="vit_b12x1", gpus=2, gpu_mem_gb=10, micro_batch=2,
-                                   dtype="bf16", device="cpu",
-                                   ds_config="ds_configs/cpu_debug.json"))
-    for r in results:
+    plans = plans_for(results, preset="vit_b12x1", gpus=2, gpu_mem_gb=10, micro_batch=2, dtype="bf16",
+                      device="cpu", ds_config="ds_configs/cpu_debug.json")
+    for r, plan in zip(results, plans):
         assert r["peak_bytes"] == pytest.approx(plan.peak, rel=0.2), (r, plan.phase_peaks)
