@@ -65,7 +65,7 @@ def decode_only(paths: List[str], processes: int) -> int:
 
 
 def ours(manifest: Path, workers: int, batch_size: int, float_images: bool) -> int:
-    from rsfm_ds.data.pretrain_loader import PretrainDataConfig, build_pretrain_loader
+    from rsfm_ds.data.pretrain.loader import PretrainDataConfig, build_pretrain_loader
 
     cfg = PretrainDataConfig(shards=str(manifest), num_workers=workers, worker_start="fork")
     n = 0
@@ -102,8 +102,8 @@ def main() -> None:
 
     import torch
 
-    from rsfm_ds.data.shards import write_millionaid_shards
-    from rsfm_ds.data.synth_millionaid import synth_millionaid
+    from rsfm_ds.data.pretrain.shards import write_millionaid_shards
+    from rsfm_ds.data.synth.millionaid import synth_millionaid
 
     torch.set_num_threads(1)
     work = Path(args.workdir)

@@ -5,7 +5,7 @@ Writes a small synthetic DOTA-format training set and a held-out set (``rsfm syn
 scratch) as a subprocess for at most ``--minutes`` of wall-clock time, evaluating every
 ``--eval-every`` optimizer steps. It prints, for every evaluation, the step, the wall-clock seconds
 since the run started (evaluations included) and the held-out mAP (DOTA devkit protocol), then the
-first time mAP reached ``--target``. Figures, not assertions (design.md: benchmarks print).
+first time mAP reached ``--target``. Figures, not assertions: benchmarks print, tests assert.
 
     python bench/det_learning.py                       # 10 minutes, target 0.5
     python bench/det_learning.py --minutes 3 --json    # quicker look, machine-readable summary
@@ -58,7 +58,7 @@ def read_evals(eval_dir: Path, t0: float) -> List[Dict[str, float]]:
 
 def main() -> int:
     args = parse_args()
-    from rsfm_ds.data.synth_dota import synth_dota
+    from rsfm_ds.data.synth.detection import synth_dota
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="rsfm_det_learning_"))
     t = time.perf_counter()

@@ -109,7 +109,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_preset(preset: str, args: argparse.Namespace) -> dict:
-    from rsfm_ds.planning.memory import PlanRequest, default_ds_config, plan_memory
+    from rsfm_ds.planning import PlanRequest, default_ds_config, plan_memory
 
     import torch
 

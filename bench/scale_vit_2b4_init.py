@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from heavy_lock import heavy_run  # noqa: E402
 from rsfm_ds.planning.measure import compare, format_comparison, launch  # noqa: E402
-from rsfm_ds.planning.memory import PlanRequest, format_plan, plan_memory  # noqa: E402
+from rsfm_ds.planning import PlanRequest, format_plan, plan_memory  # noqa: E402
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ by every rank, ``deepspeed.initialize`` partitioning it (ZeRO-3), then forward, 
 optimizer step on in-memory images (``rsfm_ds.planning.measure``). The DeepSpeed config has small
 buckets (``ds_configs/cpu_scale.json``: reduce / all-gather / prefetch buckets 2e7, at most 1e8
 live and reuse elements, optimizer sub-groups of 1e8): with DeepSpeed's default 5e8 buckets a
-rank is OOM-killed on a 24 GB machine (reference.md section 5).
+rank is OOM-killed on a 24 GB machine (docs/deepspeed.md).
 
 Prints the time per step and the peak resident memory per rank and phase, next to what
 ``rsfm plan`` predicts (and the ratio). The run needs most of a 24 GB machine, so it takes the
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from heavy_lock import heavy_run  # noqa: E402
 from rsfm_ds.planning.measure import compare, format_comparison, launch  # noqa: E402
-from rsfm_ds.planning.memory import PlanRequest, format_plan, plan_memory  # noqa: E402
+from rsfm_ds.planning import PlanRequest, format_plan, plan_memory  # noqa: E402
 
 
 def main() -> None:

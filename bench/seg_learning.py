@@ -31,8 +31,8 @@ def main() -> None:
     args = p.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from rsfm_ds.data.potsdam import prepare_potsdam
-    from rsfm_ds.data.synth_seg import synth_potsdam
+    from rsfm_ds.data.seg.potsdam import prepare_potsdam
+    from rsfm_ds.data.synth.segmentation import synth_potsdam
 
     work = Path(args.workdir)
     if not (work / "prepared" / "prepare.json").is_file():

@@ -25,11 +25,9 @@ from typing import Any, Dict, Iterable, List, Optional, Type, TypeVar, Union
 
 import yaml
 
+from .errors import ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown, of the wrong type or inconsistent."""
 
 
 def check(condition: bool, field: str, message: str) -> None:
@@ -51,12 +49,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is typing.Literal:
         if value not in args:

@@ -1,8 +1,8 @@
 """docs/configuration.md, generated from the run-config dataclasses.
 
 ``python -m rsfm_ds.config_docs > docs/configuration.md`` regenerates the page; a test checks that
-the committed page equals :func:`render_configuration_doc`. Every field of every config class in
-``CONFIGS`` is listed with its dotted name, type, default and docstring (read by
+the committed page equals :func:`render_configuration_doc`. Every field of every config class of
+:func:`documented_configs` is listed with its dotted name, type, default and docstring (read by
 :func:`rsfm_ds.config.field_docs`, which is why each field carries a string literal). Defaults are
 those of a config built with no arguments, so a section whose default a parent sets differently
 (e.g. the segmentation schedule) shows the parent's values.
@@ -10,7 +10,6 @@ those of a config built with no arguments, so a section whose default a parent s
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import sys
 import types
@@ -19,14 +18,18 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .config import field_docs
 
-CONFIGS: Tuple[Tuple[str, str, str], ...] = (
-    # (config class as module:Class, the command that reads it, the YAML files of configs/ for it)
-    ("rsfm_ds.engine.config:PretrainConfig", "rsfm pretrain --config C", "configs/pretrain/*.yaml"),
-    ("rsfm_ds.engine.detection:DetFinetuneConfig", "rsfm finetune det --config C", "configs/det/*.yaml"),
-    ("rsfm_ds.engine.segmentation:SegFinetuneConfig", "rsfm finetune seg --config C", "configs/seg/*.yaml"),
-    ("rsfm_ds.study:StudyConfig", "rsfm study --config C", "configs/study/*.yaml"),
-)
-"""The documented config classes, in page order; add a line to document another."""
+def documented_configs() -> List[Tuple[type, str, str]]:
+    """``(config class, the command that reads it, the YAML files of configs/ for it)`` in page
+    order: pretraining, every registered fine-tuning task, the study."""
+    from .engine.config import PretrainConfig
+    from .engine.tasks import TASKS
+    from .study import StudyConfig
+
+    return ([(PretrainConfig, "rsfm pretrain --config C", "configs/pretrain/*.yaml")]
+            + [(spec.config_class, f"rsfm finetune {spec.name} --config C", spec.config_glob)
+               for spec in TASKS.values()]
+            + [(StudyConfig, "rsfm study --config C", "configs/study/*.yaml")])
+
 
 REGENERATE = "python -m rsfm_ds.config_docs > docs/configuration.md"
 
@@ -163,15 +166,10 @@ def _section(cls: type, instance: Any, prefix: str, title: str, role: str, out: 
         _section(sub, value if known and not listed else None, f"{name}.", heading, docs.get(f.name, ""), out)
 
 
-def _load(path: str) -> type:
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def render_configuration_doc() -> str:
     """The text of docs/configuration.md."""
     out = [_HEADER.rstrip("\n"), "", "| config | command | YAML files |", "|---|---|---|"]
-    classes = [(_load(path), command, files) for path, command, files in CONFIGS]
+    classes = documented_configs()
     for cls, command, files in classes:
         out.append(f"| [{cls.__name__}](#{cls.__name__.lower()}) | `{command}` | `{files}` |")
     out.append("")

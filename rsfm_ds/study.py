@@ -38,14 +38,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config import ConfigError, check, load_config
+from .engine.tasks import TASKS, get_task
 
 STUDY_FORMAT_VERSION = 1
-TASKS = {
-    # task -> (engine module, config class, task class)
-    "det": ("detection", "DetFinetuneConfig", "DetectionTask"),
-    "seg": ("segmentation", "SegFinetuneConfig", "SegmentationTask"),
-}
-DEFAULT_METRIC = {"det": "mAP", "seg": "mIoU"}
 
 
 @dataclass
@@ -55,7 +50,8 @@ class StudyDataset:
     name: str
     """Name of the dataset in tables, plots and cell folders (letters, digits, _ and -)."""
     task: str
-    """Fine-tuning task: det (Oriented R-CNN) or seg (UperNet)."""
+    """Fine-tuning task: det (Oriented R-CNN) or seg (UperNet); any task of the registry
+    (rsfm_ds/engine/tasks.py)."""
     config: str
     """Fine-tuning run config; ``{preset}`` in the path is replaced by each cell's preset, so
     every size can keep its own recipe (batch, layer decay, drop path)."""
@@ -64,7 +60,8 @@ class StudyDataset:
     ``{out_dir}`` in a string value is replaced by the study's out_dir."""
     prepare: List[str] = field(default_factory=list)
     """``rsfm`` commands that prepare the data, run once in order by ``--prepare`` (and by a
-    local run); ``{out_dir}`` is replaced. Empty when the data is prepared already."""
+    local run), each as a process of its own; ``{out_dir}`` is replaced. Empty when the data is
+    prepared already."""
     metric: Optional[str] = None
     """Metric of the tables and plots; null takes the task's (det: mAP, seg: mIoU)."""
 
@@ -75,11 +72,11 @@ class StudyDataset:
         for i, command in enumerate(self.prepare):
             words = shlex.split(command)
             check(bool(words) and words[0] == "rsfm", f"prepare[{i}]",
-                  f"must be an rsfm command (it runs in-process), got {command!r}")
+                  f"must be an rsfm command, got {command!r}")
 
     @property
     def metric_name(self) -> str:
-        return self.metric or DEFAULT_METRIC[self.task]
+        return self.metric or get_task(self.task).metric
 
 
 @dataclass
@@ -190,13 +187,9 @@ def cell_overrides(cfg: StudyConfig, cell: Cell) -> List[str]:
 
 def cell_config(cfg: StudyConfig, cell: Cell):
     """The fine-tuning run config of ``cell`` (validated; errors name the cell)."""
-    import importlib
-
-    module, config_class, _ = TASKS[cell.dataset.task]
-    cls = getattr(importlib.import_module(f"rsfm_ds.engine.{module}"), config_class)
     path = cell.dataset.config.replace("{preset}", cell.preset)
     try:
-        return load_config(cls, path, cell_overrides(cfg, cell))
+        return get_task(cell.dataset.task).load_config(path, cell_overrides(cfg, cell))
     except ConfigError as e:
         raise ConfigError(f"cell {cell.index} ({cell.name}): {e}") from None
 
@@ -220,11 +213,12 @@ def preset_params(preset: str) -> int:
 def prepare(cfg: StudyConfig, log=print) -> None:
     """Run each dataset's ``prepare`` commands once (a record under out_dir/prepared marks them done).
 
+    Each command runs as ``python -m rsfm_ds.cli ...`` in a process of its own, its output passed
+    through.
+
     Raises:
         ConfigError: a command failed (its dataset and text are named).
     """
-    from .cli import main as rsfm_main
-
     for d in cfg.datasets:
         if not d.prepare:
             continue
@@ -235,7 +229,8 @@ def prepare(cfg: StudyConfig, log=print) -> None:
             continue
         for i, command in enumerate(commands):
             log(f"[study] data of {d.name} [{i + 1}/{len(commands)}]: {command}")
-            code = rsfm_main(shlex.split(command)[1:])
+            sys.stdout.flush()  # our line before the command's output
+            code = subprocess.run([sys.executable, "-m", "rsfm_ds.cli", *shlex.split(command)[1:]]).returncode
             if code != 0:
                 raise ConfigError(f"datasets.{d.name}.prepare[{i}]: {command!r} exited with {code}")
         record.parent.mkdir(parents=True, exist_ok=True)
@@ -247,8 +242,6 @@ def run_cell(cfg: StudyConfig, index: int) -> Dict[str, Any]:
 
     Must run in every rank (under the deepspeed launcher, srun, or as one plain process).
     """
-    import importlib
-
     from .engine.finetune import finetune
 
     cell = get_cell(cfg, index)
@@ -257,8 +250,7 @@ def run_cell(cfg: StudyConfig, index: int) -> Dict[str, Any]:
         print(f"[study] cell {index} ({cell.name}) is complete: {result_path}")
         return json.loads(result_path.read_text())
     run_cfg = cell_config(cfg, cell)
-    module, _, task_class = TASKS[cell.dataset.task]
-    task = getattr(importlib.import_module(f"rsfm_ds.engine.{module}"), task_class)(run_cfg)
+    task = get_task(cell.dataset.task).build(run_cfg)
     t0 = time.perf_counter()
     summary = finetune(run_cfg, task)
     import torch.distributed as dist

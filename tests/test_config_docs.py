@@ -3,7 +3,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from rsfm_ds.config_docs import CONFIGS, REGENERATE, _docs, _item_class, _load, render_configuration_doc
+from rsfm_ds.config_docs import REGENERATE, _docs, _item_class, documented_configs, render_configuration_doc
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -30,11 +30,10 @@ def test_configuration_doc_is_current():
 
 def test_every_field_is_documented():
     text = render_configuration_doc()
-    for path, command, _ in CONFIGS:
-        cls = _load(path)
+    for cls, command, _ in documented_configs():
         assert f"## {cls.__name__}" in text and f"`{command}`" in text
         fields = list(walk(cls))
-        assert fields, path
+        assert fields, cls
         for dotted, owner, name in fields:
-            assert f"| `{dotted}` |" in text, f"{path}: field {dotted} missing from the page"
+            assert f"| `{dotted}` |" in text, f"{cls.__name__}: field {dotted} missing from the page"
             assert _docs(owner).get(name), f"{owner.__name__}.{name} ({dotted}) has no docstring"

@@ -17,7 +17,7 @@ kernels are deterministic at one thread, and the oracle uses ZeRO-3's replacemen
 given the source ranks' saved generator states, reproduces the source run's own logged loss, which
 validates it. After each resharded resume the Adam step count and weight decay of every optimizer
 group, as saved by the resumed run, are checked too: DeepSpeed's universal loader alone gets both
-wrong (engine/checkpointing.py:load corrects them).
+wrong (CheckpointManager.load in engine/checkpointing.py corrects them).
 """
 import json
 import os
@@ -33,9 +33,9 @@ from safetensors.torch import load_file, save_file
 
 from rsfm_ds.checkpoint import (inspect_checkpoint, load_backbone, mae_to_backbone, open_source,
                                 resample_pos_embed, reshard, to_timm, zero_to_fp32)
-from rsfm_ds.checkpoint import ds_layout
+from rsfm_ds.checkpoint import layout
 from rsfm_ds.config import ConfigError
-from rsfm_ds.engine import checkpointing
+from rsfm_ds.engine.checkpointing import rank_rng_state, resharded_position, resharded_seed, resume_ds_config
 from rsfm_ds.models.mae import create_mae
 from rsfm_ds.models.presets import create_vit
 from rsfm_ds.models.vit import sincos_pos_embed_2d
@@ -85,7 +85,7 @@ def ckpts(source_run) -> Path:
 
 
 def tag(ckpts: Path, step: int) -> Path:
-    return ckpts / checkpointing.tag_for(step)
+    return ckpts / layout.tag_for(step)
 
 
 # --- zero-to-fp32 ---------------------------------------------------------------------------------
@@ -108,6 +108,7 @@ def test_zero_to_fp32_equals_deepspeed_bit_for_bit(ckpts, tmp_path):
     index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 3 and all((tmp_path / "sharded" / s).stat().st_size <= 1_000_000 + 2 ** 16 for s in shards)
+    assert [p.name for p in sharded.files] == shards + ["model.safetensors.index.json"]
     assert index["metadata"]["total_size"] == sum(v.numel() * 4 for v in reference.values())
     reassembled = open_source(tmp_path / "sharded" / "model.safetensors.index.json").state_dict()
     assert list(reassembled) == list(reference)
@@ -118,13 +119,13 @@ def test_zero_to_fp32_equals_deepspeed_bit_for_bit(ckpts, tmp_path):
 def test_newest_complete_tag_wins_over_latest(ckpts, tmp_path):
     copy = tmp_path / "checkpoints"
     shutil.copytree(ckpts, copy)
-    (copy / "step_00000002" / checkpointing.COMPLETE_MARKER).unlink()  # as if killed while saving
+    (copy / "step_00000002" / layout.COMPLETE_MARKER).unlink()  # as if killed while saving
     (copy / "latest").write_text("step_00000002")
-    assert ds_layout.resolve_tag_dir(copy) == copy / "step_00000001"
-    assert ds_layout.resolve_tag_dir(copy, "step_00000002") == copy / "step_00000002"
+    assert layout.resolve_tag_dir(copy) == copy / "step_00000001"
+    assert layout.resolve_tag_dir(copy, "step_00000002") == copy / "step_00000002"
     for p in copy.glob("*/COMPLETE"):
         p.unlink()  # no markers at all: a foreign DeepSpeed checkpoint, DeepSpeed's `latest` decides
-    assert ds_layout.resolve_tag_dir(copy) == copy / "step_00000002"
+    assert layout.resolve_tag_dir(copy) == copy / "step_00000002"
 
 
 # --- backbone, position table, timm ---------------------------------------------------------------
@@ -319,7 +320,7 @@ def oracle_loss(run_dir: Path, weights: Path, world: int, epoch: int, micro: int
     from deepspeed.runtime.zero.linear import zero3_linear_wrap
 
     from rsfm_ds.config import load_config
-    from rsfm_ds.data.pretrain_loader import build_pretrain_loader
+    from rsfm_ds.data.pretrain.loader import build_pretrain_loader
     from rsfm_ds.engine.config import PretrainConfig
 
     cfg = load_config(PretrainConfig, str(run_dir / "config.yaml"), [])
@@ -351,27 +352,27 @@ def saved_generators(tag_dir: Path, world: int):
     gens = []
     for rank in range(world):
         g = torch.Generator()
-        g.set_state(ds_layout.client_state(tag_dir, rank)["rng"]["generator"])
+        g.set_state(layout.client_state(tag_dir, rank)["rng"]["generator"])
         gens.append(g)
     return gens
 
 
 def adam_groups(tag_dir: Path):
     """``(step, weight_decay, lr_scale)`` of each optimizer group saved in rank 0's ZeRO file."""
-    states = ds_layout.load_deepspeed_pickle(ds_layout.optim_state_files(tag_dir)[0])
+    states = layout.load_deepspeed_pickle(layout.optim_state_files(tag_dir)[0])
     inner = states["optimizer_state_dict"]["optimizer_state_dict"]
     return [(int(inner["state"][i]["step"]), g["weight_decay"], g["lr_scale"])
             for i, g in enumerate(inner["param_groups"])]
 
 
 def reseeded_generators(step: int, world: int, seed: int = 0):
-    return [torch.Generator().manual_seed(checkpointing.resharded_seed(seed, step, r)) for r in range(world)]
+    return [torch.Generator().manual_seed(resharded_seed(seed, step, r)) for r in range(world)]
 
 
 @pytest.mark.distributed
 def test_reshard_then_resume_on_other_world_sizes(source_run, ckpts, millionaid_shards, tmp_path):
     # The oracle reproduces the source run's own step 2 from its step-1 checkpoint and saved RNG.
-    state = ds_layout.client_state(tag(ckpts, 1))
+    state = layout.client_state(tag(ckpts, 1))
     assert (state["epoch"], state["micro_in_epoch"]) == (0, 1)
     assert oracle_loss(source_run, tag(ckpts, 1), 2, 0, 1, saved_generators(tag(ckpts, 1), 2)) == \
         losses(source_run)[2]
@@ -379,15 +380,15 @@ def test_reshard_then_resume_on_other_world_sizes(source_run, ckpts, millionaid_
     # 2 -> 1: 32 samples into epoch 0 are micro-batch 2 of 6 on one rank (2 per step).
     one = tmp_path / "one"
     universal = reshard(ckpts, one / "checkpoints", tag="step_00000001")
-    assert universal == one / "checkpoints" / "step_00000001" and ds_layout.is_universal(universal)
-    assert (universal / checkpointing.COMPLETE_MARKER).is_file()
+    assert universal == one / "checkpoints" / "step_00000001" and layout.is_universal(universal)
+    assert (universal / layout.COMPLETE_MARKER).is_file()
     assert inspect_checkpoint(universal).kind == "deepspeed-universal"
     pretrain(1, one, millionaid_shards, "train.max_steps=2", "--resume", str(universal))
     log = (one / "train.log").read_text()
     assert "saved by 2 ranks, now 1" in log and "epoch 0, micro-batch 2 of 6" in log
     assert losses(one)[2] == oracle_loss(one, tag(ckpts, 1), 1, 0, 2, reseeded_generators(1, 1))
     # The optimizer continued with each group's own hyperparameters and Adam step count, which
-    # DeepSpeed's universal loader alone gets wrong (engine/checkpointing.py:load).
+    # DeepSpeed's universal loader alone gets wrong (CheckpointManager.load).
     source_groups = adam_groups(tag(ckpts, 1))
     assert [g[0] for g in source_groups] == [1, 1] and source_groups[0][1] != source_groups[1][1]
     assert adam_groups(tag(one / "checkpoints", 2)) == [(2, wd, scale) for _, wd, scale in source_groups]
@@ -395,8 +396,8 @@ def test_reshard_then_resume_on_other_world_sizes(source_run, ckpts, millionaid_
     # 1 -> 2, from the 1-rank run's own checkpoint at step 2: micro-batch 4 of 6 = 64 samples,
     # which is micro-batch 2 of 3 on each of two ranks.
     one_ckpt = tag(one / "checkpoints", 2)
-    assert ds_layout.saved_world_size(one_ckpt) == 1
-    assert ds_layout.client_state(one_ckpt)["micro_in_epoch"] == 4
+    assert layout.saved_world_size(one_ckpt) == 1
+    assert layout.client_state(one_ckpt)["micro_in_epoch"] == 4
     two = tmp_path / "two"
     universal = reshard(one_ckpt, two / "checkpoints" / "step_00000002")
     pretrain(2, two, millionaid_shards, "train.max_steps=3", "--resume", "auto")
@@ -410,27 +411,27 @@ def test_reshard_then_resume_on_other_world_sizes(source_run, ckpts, millionaid_
 @pytest.mark.distributed
 def test_resume_config_for_checkpoint_kinds(ckpts, tmp_path):
     ds = {"zero_optimization": {"stage": 3}}
-    assert checkpointing.resume_ds_config(ds, tag(ckpts, 1), 2) == ds
+    assert resume_ds_config(ds, tag(ckpts, 1), 2) == ds
     with pytest.raises(ConfigError, match="saved by 2 ranks and this run has 1.*rsfm convert reshard"):
-        checkpointing.resume_ds_config(ds, tag(ckpts, 1), 1)
+        resume_ds_config(ds, tag(ckpts, 1), 1)
     universal = reshard(tag(ckpts, 1), tmp_path / "u")
     for world in (1, 2, 3):
-        assert checkpointing.resume_ds_config(ds, universal, world)["checkpoint"] == {"load_universal": True}
+        assert resume_ds_config(ds, universal, world)["checkpoint"] == {"load_universal": True}
     # Same world size from a universal checkpoint: each rank still gets its own RNG state, although
     # DeepSpeed hands every rank rank 0's client state.
-    rank0 = ds_layout.client_state(universal, 0)
+    rank0 = layout.client_state(universal, 0)
     for rank in range(2):
-        mine = checkpointing.rank_rng_state(universal, rank, rank0)
-        assert torch.equal(mine["generator"], ds_layout.client_state(tag(ckpts, 1), rank)["rng"]["generator"])
+        mine = rank_rng_state(universal, rank, rank0)
+        assert torch.equal(mine["generator"], layout.client_state(tag(ckpts, 1), rank)["rng"]["generator"])
 
 
 def test_resharded_position_is_kept_in_samples():
     state = dict(epoch=3, micro_in_epoch=2, world_size=2, config={"train": {"micro_batch_size": 16}})
     # 64 samples of epoch 3 consumed: 2 steps of 32; one rank with 2 micro-batches per step.
-    assert checkpointing.resharded_position(state, 32, steps_per_epoch=3, accum=2) == (3, 4)
-    assert checkpointing.resharded_position(state, 32, steps_per_epoch=2, accum=2) == (4, 0)  # epoch done
-    assert checkpointing.resharded_position(state, 48, steps_per_epoch=3, accum=1) == (3, 1)  # rounded down
-    assert checkpointing.resharded_seed(0, 5, 1) != checkpointing.resharded_seed(0, 5, 0)
+    assert resharded_position(state, 32, steps_per_epoch=3, accum=2) == (3, 4)
+    assert resharded_position(state, 32, steps_per_epoch=2, accum=2) == (4, 0)  # epoch done
+    assert resharded_position(state, 48, steps_per_epoch=3, accum=1) == (3, 1)  # rounded down
+    assert resharded_seed(0, 5, 1) != resharded_seed(0, 5, 0)
 
 
 # --- inspect and the command line -----------------------------------------------------------------

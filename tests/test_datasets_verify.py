@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from rsfm_ds.data.synth_dota import synth_dior, synth_dota
-from rsfm_ds.data.synth_millionaid import synth_millionaid
-from rsfm_ds.data.synth_seg import synth_loveda, synth_potsdam
+from rsfm_ds.data.synth.detection import synth_dior, synth_dota
+from rsfm_ds.data.synth.millionaid import synth_millionaid
+from rsfm_ds.data.synth.segmentation import synth_loveda, synth_potsdam
 from rsfm_ds.data.verify import (OFFICIAL_COUNTS, VERIFIERS, check_manifest, verify_dataset, write_manifest)
-from rsfm_ds.data.verify_cli import main as datasets_main
+from rsfm_ds.cli import main as datasets_main
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"

@@ -115,11 +115,9 @@ def _check_config(args, where: str) -> None:
     if args.command == "pretrain":
         from rsfm_ds.engine.config import PretrainConfig as cls
     elif args.command == "finetune":
-        import importlib
+        from rsfm_ds.engine.tasks import TASKS
 
-        module, name = {"det": ("detection", "DetFinetuneConfig"),
-                        "seg": ("segmentation", "SegFinetuneConfig")}[args.finetune_task]
-        cls = getattr(importlib.import_module(f"rsfm_ds.engine.{module}"), name)
+        cls = TASKS[args.finetune_task].config_class
     elif args.command == "study":
         from rsfm_ds.study import StudyConfig as cls
     else:

@@ -7,13 +7,14 @@ import cv2
 import numpy as np
 import pytest
 
-from rsfm_ds.data.dior import (CORNER_TAGS, DIOR_CLASSES, annotation_dir, image_path, load_dior_annotations,
+from rsfm_ds.data.det.dior import (CORNER_TAGS, DIOR_CLASSES, annotation_dir, image_path, load_dior_annotations,
                                normalize_dior_name, parse_dior_xml, read_image_set)
-from rsfm_ds.data.dota import (DOTA_V1_CLASSES, DOTA_V2_CLASSES, AnnotationError, Detections,
+from rsfm_ds.data.det.dota import (DOTA_V1_CLASSES, DOTA_V2_CLASSES, AnnotationError, Detections,
                                DotaAnnotation, dota_classes, format_dota_label, load_dota_labels,
                                parse_dota_label, parse_dota_lines, read_task1_dir, read_task1_file,
                                write_task1_dir)
-from rsfm_ds.data.synth_dota import DIOR_NAMES, KINDS, synth_dior, synth_dota
+from rsfm_ds.data.synth.detection import DIOR_NAMES, KINDS, synth_dior, synth_dota
+from rsfm_ds.errors import DataError
 
 DATA = Path(__file__).parent / "data"
 DOTA_LABELS = DATA / "dota" / "labelTxt"
@@ -104,7 +105,7 @@ def test_bad_headers_and_unknown_class_are_errors_even_when_lenient(tmp_path):
     path.write_bytes(b"1 2 3 4 5 6 7 8 plane \xff\n")
     with pytest.raises(AnnotationError, match=rf"{path}: not UTF-8 text"):
         parse_dota_label(path)
-    with pytest.raises(FileNotFoundError, match="expected DOTA labelTxt files"):
+    with pytest.raises(DataError, match="expected DOTA labelTxt files"):
         load_dota_labels(tmp_path / "nope")
 
 
@@ -222,7 +223,7 @@ def test_dior_image_sets(tmp_path):
     (main / "val.txt").write_text("00002\n\n")
     assert read_image_set(tmp_path, "trainval") == ["00001", "00003", "00002"]
     assert image_path(tmp_path, "11726", "test") == tmp_path / "JPEGImages-test" / "11726.jpg"
-    with pytest.raises(FileNotFoundError, match="test.txt: no such image-set file"):
+    with pytest.raises(DataError, match="test.txt: no such image-set file"):
         read_image_set(tmp_path, "test")
     with pytest.raises(ValueError, match="split: expected one of"):
         read_image_set(tmp_path, "training")

@@ -10,13 +10,14 @@ import pytest
 from shapely.geometry import Polygon, box
 
 from rsfm_ds.cli import main
-from rsfm_ds.data.dota import (DOTA_V2_CLASSES, AnnotationError, Detections, DotaAnnotation, load_dota_labels,
+from rsfm_ds.data.det.dota import (DOTA_V2_CLASSES, AnnotationError, Detections, DotaAnnotation, load_dota_labels,
                                parse_dota_label, read_task1_dir, write_task1_dir)
-from rsfm_ds.data.dota_merge import merge_detections, merge_dota, nms_per_image, patch_to_image
-from rsfm_ds.data.dota_split import (SplitConfig, crop_window, format_patch_name, parse_patch_name,
+from rsfm_ds.data.det.merge import merge_detections, merge_dota, nms_per_image, patch_to_image
+from rsfm_ds.data.det.split import (SplitConfig, crop_window, format_patch_name, parse_patch_name,
                                      polygon_rect_iof, resize_by_rate, sliding_windows, split_annotation,
                                      split_dota)
-from rsfm_ds.data.synth_dota import synth_dota
+from rsfm_ds.data.synth.detection import synth_dota
+from rsfm_ds.errors import DataError
 
 DATA = Path(__file__).parent / "data" / "dota"
 SIZES = {"P0706": (1111, 1182), "P1888": (712, 557)}
@@ -240,7 +241,7 @@ def test_merge_maps_back_and_suppresses_copies_only():
 
 
 def test_merge_dota_errors_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no Task1_<class>.txt files"):
+    with pytest.raises(DataError, match="no Task1_<class>.txt files"):
         merge_dota(tmp_path, tmp_path / "out")
     (tmp_path / "Task1_ship.txt").write_text("P1 0.5 0 0 1 0 1 1 0 1\n")
     with pytest.raises(AnnotationError, match=r"Task1_ship\.txt: detection 1: image: 'P1' is not a patch name"):

@@ -6,8 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from rsfm_ds.checkpoint import layout
 from rsfm_ds.config import ConfigError, load_config
-from rsfm_ds.engine import checkpointing
+from rsfm_ds.engine.checkpointing import CheckpointManager
+from rsfm_ds.engine.state import rng_state, set_rng_state
+from rsfm_ds.errors import CheckpointError
 from rsfm_ds.engine.config import PretrainConfig
 from rsfm_ds.engine.deepspeed_setup import load_ds_config, reconcile_ds_config
 from rsfm_ds.engine.param_groups import build_param_groups
@@ -87,34 +90,38 @@ def test_pretrain_param_groups_exempt_norms_biases_and_tokens():
     assert not decayed & exempt
 
 
+def manager(ckpt_dir, resume="auto", keep_last=3):
+    return CheckpointManager(ckpt_dir, every_steps=10, keep_last=keep_last, resume=resume)
+
+
 def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
     for step, complete in [(10, True), (20, True), (30, False)]:
-        d = tmp_path / checkpointing.tag_for(step)
+        d = tmp_path / layout.tag_for(step)
         d.mkdir()
         if complete:
-            (d / checkpointing.COMPLETE_MARKER).write_text(str(step))
-    assert checkpointing.resolve_resume("auto", tmp_path) == tmp_path / "step_00000020"
-    assert checkpointing.resolve_resume(None, tmp_path) is None
-    with pytest.raises(FileNotFoundError, match="step_00000030 is not a complete checkpoint"):
-        checkpointing.resolve_resume(str(tmp_path / "step_00000030"), tmp_path)
-    assert checkpointing.resolve_resume("auto", tmp_path / "nothing-here") is None
+            (d / layout.COMPLETE_MARKER).write_text(str(step))
+    assert manager(tmp_path).resume_path() == tmp_path / "step_00000020"
+    assert manager(tmp_path, resume=None).resume_path() is None
+    with pytest.raises(CheckpointError, match="step_00000030 is not a complete checkpoint"):
+        manager(tmp_path, resume=str(tmp_path / "step_00000030")).resume_path()
+    assert manager(tmp_path / "nothing-here").resume_path() is None
 
 
 def test_prune_keeps_the_last_k_and_drops_stale_partials(tmp_path):
     for step in (10, 20, 30, 40):
-        d = tmp_path / checkpointing.tag_for(step)
+        d = tmp_path / layout.tag_for(step)
         d.mkdir()
         if step != 20:
-            (d / checkpointing.COMPLETE_MARKER).write_text(str(step))
-    checkpointing.prune(tmp_path, keep_last=2)
+            (d / layout.COMPLETE_MARKER).write_text(str(step))
+    manager(tmp_path, keep_last=2).prune()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000030", "step_00000040"]
 
 
 def test_rng_state_round_trip():
     g = torch.Generator().manual_seed(3)
-    state = checkpointing.rng_state(g)
+    state = rng_state(g)
     a = (torch.rand(3), torch.rand(3, generator=g))
-    checkpointing.set_rng_state(state, g)
+    set_rng_state(state, g)
     b = (torch.rand(3), torch.rand(3, generator=g))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
@@ -136,7 +143,7 @@ def test_run_config_cross_checks_name_the_field():
 def test_detection_fraction_keeps_whole_source_images_and_nests():
     import numpy as np
 
-    from rsfm_ds.data.det_dataset import DetRecord
+    from rsfm_ds.data.det.dataset import DetRecord
     from rsfm_ds.engine.detection import _image_fraction
 
     empty = np.zeros((0, 8), np.float32)

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.distributed
 
 @pytest.fixture(scope="module")
 def potsdam(tmp_path_factory) -> Path:
-    from rsfm_ds.data.potsdam import prepare_potsdam
-    from rsfm_ds.data.synth_seg import synth_potsdam
+    from rsfm_ds.data.seg.potsdam import prepare_potsdam
+    from rsfm_ds.data.synth.segmentation import synth_potsdam
 
     d = tmp_path_factory.mktemp("potsdam")
     synth_potsdam(d / "raw", tiles=4, seed=0, size=1024)

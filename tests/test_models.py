@@ -4,7 +4,6 @@ import math
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from rsfm_ds.models.mae import create_mae, patchify, random_masking, unpatchify

@@ -14,16 +14,18 @@ import torch.distributed as dist
 
 from rsfm_ds.cli import build_parser
 from rsfm_ds.config import ConfigError, load_config
-from rsfm_ds.data.det_dataset import (DetectionDataset, DetRecord, collate_detection, dior_records,
+from rsfm_ds.data.det.dataset import (DetectionDataset, DetRecord, collate_detection, dior_records,
                                       dota_records, hflip_boxes, rot90_boxes, scale_boxes,
                                       select_classes, vflip_boxes)
-from rsfm_ds.data.dota import DOTA_V2_CLASSES, load_dota_labels, read_task1_dir
-from rsfm_ds.data.dota_split import SplitConfig, split_dota
-from rsfm_ds.data.synth_dota import KINDS, synth_dior, synth_dota
+from rsfm_ds.data.det.dota import DOTA_V2_CLASSES, load_dota_labels, read_task1_dir
+from rsfm_ds.data.det.split import SplitConfig, split_dota
+from rsfm_ds.data.synth.detection import KINDS, synth_dior, synth_dota
 from rsfm_ds.engine.detection import DetectionTask, DetFinetuneConfig
+from rsfm_ds.errors import DataError
 from rsfm_ds.evaluation.rotated_map import evaluate_task1
-from rsfm_ds.models.heads import (AnchorGenerator, ImageDetections, OrientedRCNN, OrientedRPNHead,
-                                  RotatedRoIExtractor, RotatedRoIHead, rotated_box_bounds)
+from rsfm_ds.models.heads import (AnchorGenerator, ImageDetections, OrientedRCNN, OrientedRCNNConfig,
+                                  OrientedRPNConfig, OrientedRPNHead, RotatedRoIConfig, RotatedRoIExtractor,
+                                  RotatedRoIHead, rotated_box_bounds)
 from rsfm_ds.models.heads.assign_sample import IGNORED, NEGATIVE, max_iou_assign, random_sample
 from rsfm_ds.models.heads.rotated_roi_head import map_roi_levels
 from rsfm_ds.models.vitdet import create_vitdet
@@ -47,10 +49,10 @@ def one_thread():
 def tiny_detector(num_classes=5, **roi):
     torch.manual_seed(0)
     backbone = create_vitdet("debug", img_size=128, window_size=4, extra_p6=True, out_channels=32)
-    roi = dict(dict(fc_dim=64, num_samples=64), **roi)
-    return OrientedRCNN(backbone, num_classes, rpn=dict(pre_nms_top_k_train=200, max_proposals_train=200,
-                                                        pre_nms_top_k_test=100, max_proposals_test=100),
-                        roi=roi)
+    rpn = OrientedRPNConfig(pre_nms_top_k_train=200, max_proposals_train=200, pre_nms_top_k_test=100,
+                            max_proposals_test=100)
+    return OrientedRCNN(backbone, num_classes,
+                        OrientedRCNNConfig(rpn=rpn, roi=RotatedRoIConfig(**dict(dict(fc_dim=64, num_samples=64), **roi))))
 
 
 def tiny_batch():
@@ -155,8 +157,8 @@ def test_roi_extractor_pools_each_roi_on_its_level():
 
 
 def test_rpn_head_shapes_and_zero_delta_proposals_are_the_anchors():
-    head = OrientedRPNHead(in_channels=16, strides=(4, 8), feat_channels=16, pre_nms_top_k_test=1000,
-                           max_proposals_test=1000, nms_iou=1.0)
+    head = OrientedRPNHead(in_channels=16, strides=(4, 8), feat_channels=16,
+                           cfg=OrientedRPNConfig(pre_nms_top_k_test=1000, max_proposals_test=1000, nms_iou=1.0))
     head.eval()
     feats = [torch.randn(1, 16, 8, 8), torch.randn(1, 16, 4, 4)]
     scores, deltas = head(feats)
@@ -184,7 +186,7 @@ def test_rpn_head_shapes_and_zero_delta_proposals_are_the_anchors():
 
 
 def test_roi_head_sampling_puts_ground_truth_first_with_zero_targets():
-    head = RotatedRoIHead(3, in_channels=8, fc_dim=16, num_samples=8, pos_fraction=0.5)
+    head = RotatedRoIHead(3, in_channels=8, cfg=RotatedRoIConfig(fc_dim=16, num_samples=8, pos_fraction=0.5))
     gts = torch.tensor([[30.0, 30.0, 40.0, 10.0, 0.3], [80.0, 60.0, 20.0, 20.0, 0.0]])
     far = torch.tensor([[200.0, 200.0, 30.0, 20.0, 0.1]] * 10)
     t = head.sample([far], [gts], [torch.tensor([2, 0])])
@@ -431,7 +433,7 @@ def test_unlabelled_folder_gives_unlabelled_records(synth_folder, tmp_path):
         (tmp_path / "images" / p.name).write_bytes(p.read_bytes())
     records = dota_records(tmp_path, DOTA_V2_CLASSES)
     assert len(records) == 2 and not any(r.labelled for r in records)
-    with pytest.raises(FileNotFoundError, match="no label file"):
+    with pytest.raises(DataError, match="no label file"):
         (tmp_path / "labelTxt").mkdir()
         dota_records(tmp_path, DOTA_V2_CLASSES)
 

@@ -1,7 +1,6 @@
 """The memory planner (rsfm_ds.planning): hand-computed cases, monotonicity, the activation
 formulas against the tensors autograd really saves, and a real 2-rank ZeRO-3 run against the
 prediction."""
-import argparse
 import json
 from dataclasses import replace
 from functools import partial
@@ -15,9 +14,8 @@ from rsfm_ds.models.presets import PRESETS, count_trainable, create_vit, get_pre
 from rsfm_ds.planning.activations import (LayerSpec, backbone_activations, finetune_activations, layer_saved,
                                           mae_activations, pyramid_saved, total, valid_anchors,
                                           vitdet_layers)
-from rsfm_ds.planning.memory import (PlanRequest, ZeroSettings, encoder_params,
-                                     load_zero_settings, model_shape, plan_memory, plan_table,
-                                     recommend)
+from rsfm_ds.planning import (PlanRequest, ZeroSettings, encoder_params, load_zero_settings, model_shape,
+                              plan_memory, plan_table, recommend)
 
 STATE_LINES = ("parameters", "gradients", "optimizer states")
 
@@ -251,7 +249,7 @@ def test_finetune_saved_tensors_match_autograd(task):
     bb.set_grad_checkpointing(True)
     imgs = torch.randn(b, 3, size, size)
     if task == "seg":
-        head = UperNet(6, in_channels=256, channels=512)
+        head = UperNet(6, in_channels=256)
         labels = torch.randint(0, 6, (b, size, size))
         fn, params = (lambda: sum(head.loss(bb(imgs), labels).values()),
                       list(bb.parameters()) + list(head.parameters()))
@@ -322,11 +320,9 @@ def test_mae_activation_peak_matches_the_live_tensor_peak(checkpointing):
 # --- the CLI -----------------------------------------------------------------------------------
 
 def run_cli(*argv):
-    from rsfm_ds.planning.cli import add_plan
+    from rsfm_ds.cli import build_parser
 
-    parser = argparse.ArgumentParser()
-    add_plan(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["plan", *argv])
+    args = build_parser().parse_args(["plan", *argv])
     return args.func(args)
 
 

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.distributed
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
-    from rsfm_ds.data.shards import write_millionaid_shards
-    from rsfm_ds.data.synth_millionaid import synth_millionaid
+    from rsfm_ds.data.pretrain.shards import write_millionaid_shards
+    from rsfm_ds.data.synth.millionaid import synth_millionaid
 
     d = tmp_path_factory.mktemp("millionaid")
     synth_millionaid(d / "tree", images=128, seed=0)

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from rsfm_ds.config import ConfigError, load_config
-from rsfm_ds.data import transforms
-from rsfm_ds.data.epoch_plan import augment_seed, plan_exact_epoch, plan_resampled_epoch
-from rsfm_ds.data.manifest import ShardIntegrityError, load_manifest
-from rsfm_ds.data.pretrain_loader import (PAD_KEY, PretrainDataConfig, build_pretrain_loader,
+from rsfm_ds.data.pretrain import transforms
+from rsfm_ds.data.pretrain.epoch_plan import augment_seed, plan_exact_epoch, plan_resampled_epoch
+from rsfm_ds.data.pretrain.manifest import ShardIntegrityError, load_manifest
+from rsfm_ds.data.pretrain.loader import (PAD_KEY, PretrainDataConfig, build_pretrain_loader,
                                           loader_state_to_start)
-from rsfm_ds.data.transforms import CropFlip, hwc_to_chw
+from rsfm_ds.data.pretrain.transforms import CropFlip, hwc_to_chw
+from rsfm_ds.errors import DataError
 
 SIZE = 32  # small crops keep the tests fast; the pipeline is the same at 224
 
@@ -219,7 +220,7 @@ def test_corrupt_jpeg_and_truncated_shard_are_skipped_counted_and_logged(
     assert 0 < lost < manifest.shards[4].samples
 
     cfg = cfg_for(out / "manifest.json", num_workers=2, verify="none")
-    with caplog.at_level(logging.WARNING, logger="rsfm_ds.data.pretrain_loader"):
+    with caplog.at_level(logging.WARNING, logger="rsfm_ds.data.pretrain.loader"):
         epochs, loaders = run_epoch(cfg, 8, world_size=2)
     assert [len(e) for e in epochs] == [len(l) for l in loaders] == [8, 8]  # counts unchanged
     keys = [k for e in epochs for ks, _ in e for k in ks]
@@ -304,13 +305,13 @@ def test_config_validation_names_the_field(tmp_path):
     path.write_text("shards: m.json\ncrop_scale: [0.3, 1.0]\nmode: resampled\nbatches_per_epoch: 4\n")
     cfg = load_config(PretrainDataConfig, path, ["num_workers=1"])
     assert cfg.crop_scale == (0.3, 1.0) and cfg.num_workers == 1
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError):
         build_pretrain_loader(PretrainDataConfig(shards=str(tmp_path / "none.json")), 4, 0, 1)
 
 
 def test_reader_steps_over_unneeded_samples_and_stops_early(millionaid_shards, monkeypatch):
-    from rsfm_ds.data import shard_reader
-    from rsfm_ds.data.epoch_plan import Segment
+    from rsfm_ds.data.pretrain import shard_reader
+    from rsfm_ds.data.pretrain.epoch_plan import Segment
 
     manifest = load_manifest(millionaid_shards)
     url = str(millionaid_shards.parent / manifest.shards[0].name)

@@ -11,8 +11,8 @@ import torch
 from shapely.geometry import Polygon
 
 from rsfm_ds.cli import main
-from rsfm_ds.data.dior import DIOR_CLASSES
-from rsfm_ds.data.dota import DOTA_V2_CLASSES, Detections, DotaAnnotation, load_dota_labels, write_task1_dir
+from rsfm_ds.data.det.dior import DIOR_CLASSES
+from rsfm_ds.data.det.dota import DOTA_V2_CLASSES, Detections, DotaAnnotation, load_dota_labels, write_task1_dir
 from rsfm_ds.evaluation.rotated_map import (DEVKIT, MMROTATE, MapProtocol, average_precision, evaluate_class,
                                             evaluate_rotated_map, evaluate_task1, format_map_table, rank)
 from rsfm_ds.ops.rotated import box_to_polygon

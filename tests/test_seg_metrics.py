@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from rsfm_ds.evaluation.seg_metrics import (SegMetric, apply_reduce_zero_label, confusion_matrix, evaluate_dirs,
-                                            format_result, metrics_from_confusion)
-from rsfm_ds.evaluation.sliding_window import sliding_window_inference, window_starts
+from rsfm_ds.data.seg.labels import apply_reduce_zero_label
+from rsfm_ds.data.tiling import window_starts
+from rsfm_ds.errors import DataError
+from rsfm_ds.evaluation.seg_metrics import (SegMetric, confusion_matrix, evaluate_dirs, format_result,
+                                            metrics_from_confusion)
+from rsfm_ds.evaluation.sliding_window import sliding_window_inference
 
 
 @pytest.fixture(autouse=True)
@@ -118,8 +121,6 @@ def test_evaluate_dirs_and_cli(tmp_path, capsys):
     write_png(tmp_path / "label" / "b.png", np.full((3, 3), 255))
     r = evaluate_dirs(tmp_path / "pred", tmp_path / "label", 3)
     assert r.iou == pytest.approx([3 / 5, 2 / 5, 2 / 3])
-    if not hasattr(cli, "add_eval"):
-        pytest.skip("the `rsfm eval` group is not in cli.py yet")
     out = tmp_path / "r.json"
     assert cli.main(["eval", "seg", "--pred", str(tmp_path / "pred"), "--label", str(tmp_path / "label"),
                      "--num-classes", "3", "--ignore-index", "255", "--json", str(out)]) == 0
@@ -137,7 +138,7 @@ def test_evaluate_dirs_missing_predictions_are_named(tmp_path):
     write_png(tmp_path / "label" / "x1.png", np.zeros((2, 2)))
     write_png(tmp_path / "label" / "x2.png", np.zeros((2, 2)))
     write_png(tmp_path / "pred" / "x1.png", np.zeros((2, 2)))
-    with pytest.raises(FileNotFoundError, match="1 of 2 predictions missing.*x2.png"):
+    with pytest.raises(DataError, match="1 of 2 predictions missing.*x2.png"):
         evaluate_dirs(tmp_path / "pred", tmp_path / "label", 2)
 
 

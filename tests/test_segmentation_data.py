@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from rsfm_ds import cli
-from rsfm_ds.data.loveda import LOVEDA_CLASSES, list_loveda, loveda_pairs, read_loveda_mask
-from rsfm_ds.data.potsdam import (POTSDAM_PALETTE, TEST_TILES, TRAIN_TILES, class_names, colour_to_index,
+from rsfm_ds.data.seg.loveda import LOVEDA_CLASSES, list_loveda, loveda_pairs, read_loveda_mask
+from rsfm_ds.data.seg.potsdam import (POTSDAM_PALETTE, TEST_TILES, TRAIN_TILES, class_names, colour_to_index,
                                   crop_boxes, find_tiles, index_to_colour, prepare_potsdam, split_of, tile_path)
-from rsfm_ds.data.seg_dataset import SegDataset, mmseg_pairs, select_fraction
-from rsfm_ds.data.synth_seg import (erode_boundaries, potsdam_synth_tiles, render_potsdam_tile, synth_loveda,
+from rsfm_ds.data.seg.dataset import SegDataset, mmseg_pairs, select_fraction
+from rsfm_ds.data.synth.segmentation import (erode_boundaries, potsdam_synth_tiles, render_potsdam_tile, synth_loveda,
                                     synth_potsdam)
+from rsfm_ds.errors import DataError
 
 
 @pytest.fixture(autouse=True)
@@ -156,7 +157,7 @@ def test_prepare_errors_name_the_file(synth_root, tmp_path):
     root = tmp_path / "broken"
     shutil.copytree(synth_root, root)
     tile_path(root, "2_13", "label").unlink()
-    with pytest.raises(FileNotFoundError, match="top_potsdam_2_13_label.tif"):
+    with pytest.raises(DataError, match="top_potsdam_2_13_label.tif"):
         prepare_potsdam(root, tmp_path / "o")
     shutil.copy(tile_path(root, "2_10", "rgb"), root / "2_Ortho_RGB" / "top_potsdam_1_1_RGB.tif")
     with pytest.raises(ValueError, match="1_1"):
@@ -194,7 +195,7 @@ def test_loveda_reader_on_a_synthetic_tree(tmp_path):
     with pytest.raises(ValueError, match=r"0\.png: mask value 9"):
         read_loveda_mask(bad)
     bad.unlink()
-    with pytest.raises(FileNotFoundError, match="0.png"):
+    with pytest.raises(DataError, match="0.png"):
         list_loveda(tmp_path, "Train")
     with pytest.raises(ValueError, match="split"):
         list_loveda(tmp_path, "train")

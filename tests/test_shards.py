@@ -12,10 +12,10 @@ import pytest
 from rsfm_ds.cli import main
 from rsfm_ds.config import ConfigError
 from rsfm_ds.data.jpeg import decode_jpeg, jpeg_size, reduction_for
-from rsfm_ds.data.manifest import (FORMAT_VERSION, ManifestError, load_manifest, verify_manifest)
-from rsfm_ds.data.millionaid import scan_millionaid
-from rsfm_ds.data.shards import JOURNAL_NAME, parse_sample_key, sample_key, write_millionaid_shards
-from rsfm_ds.data.synth_millionaid import leaf_paths, synth_millionaid
+from rsfm_ds.data.pretrain.manifest import (FORMAT_VERSION, ManifestError, load_manifest, verify_manifest)
+from rsfm_ds.data.pretrain.millionaid import scan_millionaid
+from rsfm_ds.data.pretrain.shards import JOURNAL_NAME, parse_sample_key, sample_key, write_millionaid_shards
+from rsfm_ds.data.synth.millionaid import leaf_paths, synth_millionaid
 
 
 def read_shard(path: Path):

@@ -141,7 +141,7 @@ def test_a_failing_cell_is_reported_with_its_log_and_fails_the_study(tmp_path):
     proc = rsfm("study", "--config", str(config))
     assert proc.returncode == 1
     log = out / "cells" / "potsdam" / "debug_s" / "frac_1" / "launch.log"
-    assert f"potsdam/debug_s/frac_1: FAILED (exit 2)" in proc.stdout and str(log) in proc.stdout
+    assert "potsdam/debug_s/frac_1: FAILED (exit 2)" in proc.stdout and str(log) in proc.stdout
     assert "no-such-data" in log.read_text()
     assert "1 cell(s) failed: [0]" in proc.stderr
     assert "missing: cell 0 (potsdam/debug_s/frac_1)" in proc.stdout

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rsfm_ds.models.heads import FCNHead, UperNet, UperNetHead, resize_logits, segmentation_loss
+from rsfm_ds.models.heads import FCNHead, UperNet, UperNetConfig, UperNetHead, resize_logits, segmentation_loss
 
 
 
@@ -27,7 +27,7 @@ def pyramid(batch=2, size=64, channels=32, requires_grad=False):
 
 def test_output_shapes():
     torch.manual_seed(0)
-    model = UperNet(num_classes=6, in_channels=32, channels=16, aux_channels=8)
+    model = UperNet(6, in_channels=32, cfg=UperNetConfig(channels=16, aux_channels=8))
     feats = pyramid()
     assert model(feats).shape == (2, 6, 16, 16)  # stride 4
     assert model.aux(feats).shape == (2, 6, 4, 4)  # p4, stride 16
@@ -40,7 +40,7 @@ def test_output_shapes():
 
 def test_gradients_reach_every_parameter_and_every_level():
     torch.manual_seed(0)
-    model = UperNet(num_classes=5, in_channels=32, channels=16, aux_channels=8)
+    model = UperNet(5, in_channels=32, cfg=UperNetConfig(channels=16, aux_channels=8))
     feats = pyramid(requires_grad=True)
     labels = torch.randint(0, 5, (2, 64, 64))
     losses = model.loss(feats, labels)
@@ -55,7 +55,7 @@ def test_gradients_reach_every_parameter_and_every_level():
 def test_loss_values_ignore_and_aux_weight():
     torch.manual_seed(0)
     # GN: 32 groups of 2 channels, so the 1x1 pyramid-pooling cell has 2 values per group.
-    model = UperNet(num_classes=4, in_channels=32, channels=64, aux_channels=64, aux_weight=0.4, norm="gn").eval()
+    model = UperNet(4, in_channels=32, cfg=UperNetConfig(channels=64, aux_channels=64, aux_weight=0.4, norm="gn")).eval()
     feats = pyramid(batch=1)
     labels = torch.randint(0, 4, (1, 64, 64))
     labels[:, :10] = 255
@@ -75,12 +75,12 @@ def test_loss_values_ignore_and_aux_weight():
 
 
 def test_options_and_errors():
-    no_aux = UperNet(num_classes=3, in_channels=32, channels=64, aux_key=None, norm="gn")
+    no_aux = UperNet(3, in_channels=32, cfg=UperNetConfig(channels=64, aux_weight=0.0, norm="gn"))
     assert no_aux.aux is None
     losses = no_aux.train().loss(pyramid(batch=1), torch.randint(0, 3, (1, 64, 64)))  # GN: batch 1 trains
     assert set(losses) == {"loss_seg"}
     with pytest.raises(ValueError, match="norm"):
-        UperNet(num_classes=3, norm="ln")
+        UperNet(3, cfg=UperNetConfig(norm="ln"))
     with pytest.raises(KeyError, match="p5"):
         UperNetHead(3, 32, channels=16)({"p2": torch.randn(1, 32, 8, 8)})
     with pytest.raises(KeyError, match="p4"):
@@ -94,7 +94,7 @@ def test_options_and_errors():
 def test_head_learns_a_pixel_rule():
     """Steps on a fixed batch whose labels are readable from the finest level drive the loss down."""
     torch.manual_seed(0)
-    model = UperNet(num_classes=2, in_channels=8, channels=16, aux_channels=8)
+    model = UperNet(2, in_channels=8, cfg=UperNetConfig(channels=16, aux_channels=8))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
     feats = pyramid(batch=2, size=32, channels=8)
     labels = (F.interpolate(feats["p2"][:, :1], size=(32, 32), mode="nearest")[:, 0] > 0).long()

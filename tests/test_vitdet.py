@@ -7,8 +7,8 @@ from rsfm_ds.engine.param_groups import build_param_groups
 from rsfm_ds.models.mae import create_mae
 from rsfm_ds.models.presets import PRESETS, get_preset
 from rsfm_ds.models.vit import Attention
-from rsfm_ds.models.vitdet import (ViTDetAttention, create_vitdet, decomposed_rel_pos_bias,
-                                   load_pretrained_encoder, new_parameter_names,
+from rsfm_ds.checkpoint.loading import load_backbone
+from rsfm_ds.models.vitdet import (ViTDetAttention, create_vitdet, decomposed_rel_pos_bias, new_parameter_names,
                                    relative_position_table, window_partition, window_unpartition)
 
 
@@ -173,7 +173,13 @@ def test_layer_decay_table_for_the_debug_backbone_with_pyramid():
         assert got[name][1] == wd, name
 
 
-def test_loading_mae_weights_gives_the_mae_encoder_tokens():
+def saved(state_dict, path):
+    """``state_dict`` written as a PyTorch file, the way a user hands weights to the loader."""
+    torch.save(state_dict, path)
+    return path
+
+
+def test_loading_mae_weights_gives_the_mae_encoder_tokens(tmp_path):
     torch.manual_seed(0)
     mae = create_mae("debug", img_size=64)
     for name, p in mae.named_parameters():  # make norms and biases non-trivial
@@ -181,12 +187,12 @@ def test_loading_mae_weights_gives_the_mae_encoder_tokens():
             nn.init.normal_(p, std=0.1)
     # Window 4 on the 4 x 4 grid: every layer sees the whole grid, as the encoder does.
     model = create_vitdet("debug", img_size=64, window_size=4, out_channels=16).eval()
-    report = load_pretrained_encoder(model, mae.state_dict())
+    report = load_backbone(model, saved(mae.state_dict(), tmp_path / "mae.pt"))
     assert report.unexpected_keys == []
-    assert report.missing_keys == sorted(new_parameter_names(model))
+    assert sorted(report.missing_keys) == sorted(new_parameter_names(model))
     assert all(k.startswith("pyramid.") for k in report.missing_keys)
-    assert report.dropped_keys == sorted(k for k in mae.state_dict() if not k.startswith("encoder.")
-                                         or k == "encoder.cls_token")
+    assert sorted(report.dropped_keys) == sorted(k for k in mae.state_dict() if not k.startswith("encoder.")
+                                                 or k == "encoder.cls_token")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         enc = mae.encoder
@@ -196,33 +202,33 @@ def test_loading_mae_weights_gives_the_mae_encoder_tokens():
 
     # A converted encoder (VisionTransformer keys) maps the same way.
     again = create_vitdet("debug", img_size=64, window_size=4, out_channels=16, use_rel_pos=True)
-    report = load_pretrained_encoder(again, mae.encoder.state_dict())
+    report = load_backbone(again, saved(mae.encoder.state_dict(), tmp_path / "encoder.pt"))
     assert report.dropped_keys == ["cls_token"]
-    assert report.missing_keys == sorted(new_parameter_names(again))
+    assert sorted(report.missing_keys) == sorted(new_parameter_names(again))
     assert any(".rel_pos_h" in k for k in report.missing_keys)
 
 
-def test_zero_initialised_rel_pos_keeps_the_pretrained_function():
+def test_zero_initialised_rel_pos_keeps_the_pretrained_function(tmp_path):
     torch.manual_seed(0)
     plain = create_vitdet("debug", img_size=64, out_channels=16).eval()
     rel = create_vitdet("debug", img_size=64, out_channels=16, use_rel_pos=True).eval()
-    report = load_pretrained_encoder(rel, plain.state_dict())
-    assert all(".rel_pos_" in k for k in report.missing_keys)
+    report = load_backbone(rel, saved(plain.state_dict(), tmp_path / "plain.pt"))
+    assert report.missing_keys and all(".rel_pos_" in k for k in report.missing_keys)
     x = torch.randn(1, 3, 96, 80)  # another grid: the global tables are resampled
     with torch.no_grad():
         for k, v in plain(x).items():
             torch.testing.assert_close(rel(x)[k], v, rtol=1e-5, atol=1e-5)
 
 
-def test_strict_loading_names_what_does_not_fit():
+def test_strict_loading_names_what_does_not_fit(tmp_path):
     model = create_vitdet("debug", img_size=64, out_channels=16)
     state = create_mae("debug", img_size=64).encoder.state_dict()
     with pytest.raises(ValueError, match="blocks.0.attns.0.attn.extra"):
-        load_pretrained_encoder(model, {**state, "blocks.0.attns.0.attn.extra": torch.zeros(1)})
+        load_backbone(model, saved({**state, "blocks.0.attns.0.attn.extra": torch.zeros(1)}, tmp_path / "a.pt"))
     del state["blocks.2.mlps.1.mlp.fc1.weight"]
     with pytest.raises(ValueError, match="blocks.2.mlps.1.mlp.fc1.weight"):
-        load_pretrained_encoder(model, state)
-    report = load_pretrained_encoder(model, state, strict=False)
+        load_backbone(model, saved(state, tmp_path / "b.pt"))
+    report = load_backbone(model, tmp_path / "b.pt", strict_backbone=False)
     assert "blocks.2.mlps.1.mlp.fc1.weight" in report.missing_keys
 
 

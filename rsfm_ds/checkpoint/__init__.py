@@ -11,7 +11,7 @@ verb                 function                               module
 (library)            :func:`load_backbone`                  ``loading.py``
 ===================  =====================================  ==========================================
 
-Shared pieces: ``ds_layout.py`` (where a DeepSpeed tag's files are; the one place that unpickles
+Shared pieces: ``layout.py`` (where a DeepSpeed tag's files are; the one place that unpickles
 them), ``sources.py`` (every input read as lazy tensors), ``safetensors_io.py`` (streaming
 safetensors writer, shards and index, metadata). Formats and measured memory: docs/checkpoints.md.
 """

@@ -37,6 +37,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..errors import CheckpointError, ConfigError
 from ..models.presets import PRESETS, create_vit, get_preset
 from ..models.vit import sincos_pos_embed_2d
 from .safetensors_io import (DTYPES, FORMAT_VERSION, ConversionResult, TensorInfo, provenance,
@@ -112,14 +113,14 @@ def check_preset(shapes: Dict[str, Tuple[int, ...]], preset: Optional[str], sour
     if preset is None:
         found = infer_preset(shapes)
         if found is None:
-            raise ValueError(f"{source}: the backbone weights match no registered preset "
+            raise CheckpointError(f"{source}: the backbone weights match no registered preset "
                              f"({', '.join(PRESETS)})")
         return found
     get_preset(preset)
     mismatch = first_mismatch(shapes, preset_shapes(preset))
     if mismatch is not None:
         key, have, want = mismatch
-        raise ValueError(f"{source}: does not match preset {preset!r}: key {key!r} has shape "
+        raise CheckpointError(f"{source}: does not match preset {preset!r}: key {key!r} has shape "
                          f"{_shape(have)} in the checkpoint, {_shape(want)} in the preset")
     return preset
 
@@ -165,20 +166,20 @@ def convert_backbone(src: Union[str, Path], out: Path, *, kind: str, tag: Option
     """
     out = Path(out)
     if out.suffix != ".safetensors":
-        raise ValueError(f"{out}: the output must be a .safetensors file")
+        raise ConfigError(f"{out}: the output must be a .safetensors file")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        raise ConfigError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     source = open_source(src, tag)
     infos = source.infos()
     mapping, _ = map_to_backbone(infos)
     if not mapping:
-        raise ValueError(f"{source.path}: no backbone weights found (no encoder.* or ViT keys)")
+        raise CheckpointError(f"{source.path}: no backbone weights found (no encoder.* or ViT keys)")
     shapes = {local: infos[name].shape for name, local in mapping.items()}
     preset = check_preset(shapes, source.metadata.get("preset"), str(source.path))
     p = get_preset(preset)
     img_size = int(img_size or source.metadata.get("img_size") or 224)
     if img_size % p.patch_size:
-        raise ValueError(f"img_size {img_size} is not a multiple of the patch size {p.patch_size}")
+        raise ConfigError(f"img_size {img_size} is not a multiple of the patch size {p.patch_size}")
     grid = (img_size // p.patch_size,) * 2
     torch_dtype = DTYPES[dtype]
     entries = [(local, TensorInfo(infos[name].shape, torch_dtype if infos[name].dtype.is_floating_point

@@ -2,7 +2,7 @@
 
 Reads headers, shapes and the client state only, never tensor data, so it is instant even for the
 2.4B model: for a ZeRO or universal tag directory the rank-0 model-states file (parameter shapes,
-client state; a pickle, see :mod:`~rsfm_ds.checkpoint.ds_layout`), for a checkpoints folder its tags
+client state; a pickle, see :mod:`~rsfm_ds.checkpoint.layout`), for a checkpoints folder its tags
 and then the newest complete one, for safetensors files (converted weights, an index, a timm
 export) the header, for a PyTorch file its tensors' shapes (``weights_only=True``, memory-mapped).
 """
@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..engine.checkpointing import COMPLETE_MARKER
-from . import ds_layout
+from . import layout
 from .sources import SafetensorsSource, TorchFileSource, open_source
 
 _LISTED_FILES = 12  # a universal checkpoint has three files per parameter
@@ -85,28 +84,27 @@ def inspect_checkpoint(path: Union[str, Path], tag: Optional[str] = None) -> Che
     """Describe the checkpoint at ``path`` (a tag directory, a checkpoints folder, a safetensors file
     or index or a folder holding one, or a PyTorch file)."""
     path = Path(path)
-    if path.is_dir() and not ds_layout.is_tag_dir(path) and not (path / "model.safetensors").is_file() \
+    if path.is_dir() and not layout.is_tag_dir(path) and not (path / "model.safetensors").is_file() \
             and not (path / "model.safetensors.index.json").is_file():
-        tag_dir = ds_layout.resolve_tag_dir(path, tag)
+        tag_dir = layout.resolve_tag_dir(path, tag)
         info = _inspect_tag(tag_dir)
         info.path = str(path)
-        info.tags = [(p.name, (p / COMPLETE_MARKER).is_file()) for p in sorted(path.iterdir())
-                     if p.is_dir() and ds_layout.is_tag_name(p.name)]
+        info.tags = [(p.name, layout.is_complete(p)) for p in layout.tag_dirs(path)]
         return info
-    if path.is_dir() and ds_layout.is_tag_dir(path):
+    if path.is_dir() and layout.is_tag_dir(path):
         return _inspect_tag(path)
     return _inspect_tensors(open_source(path, tag), path)
 
 
 def _inspect_tag(tag_dir: Path) -> CheckpointInfo:
-    states = ds_layout.read_model_states(tag_dir)
-    universal = ds_layout.is_universal(tag_dir)
+    states = layout.read_model_states(tag_dir)
+    universal = layout.is_universal(tag_dir)
     shapes = {k: v for group in states.get("param_shapes", []) for k, v in group.items()}
     shapes.update(states.get("frozen_param_shapes") or {})
     numels = {k: int(v.numel()) for k, v in shapes.items()}
     config = states.get("config") or {}
     precision = (config.get("train") or {}).get("precision") or _ds_precision(states.get("ds_config") or {})
-    world = states.get("world_size") if universal else ds_layout.saved_world_size(tag_dir)
+    world = states.get("world_size") if universal else layout.saved_world_size(tag_dir)
     files = sorted(p for p in tag_dir.rglob("*") if p.is_file())
     return CheckpointInfo(
         path=str(tag_dir), kind="deepspeed-universal" if universal else "deepspeed-zero",

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ..errors import CheckpointError
 from .backbone import map_to_backbone
 from .sources import TensorSource, open_source
 
@@ -115,7 +116,7 @@ def load_backbone(model: nn.Module, path: Union[str, Path], strict_backbone: boo
     for key, tensor in targets.items():
         if key in provided and tuple(infos[provided[key]].shape) != _shape(tensor):
             preset = source.metadata.get("preset")
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: backbone key {prefix + key!r} has shape {tuple(infos[provided[key]].shape)} in the "
                 f"checkpoint{f' (preset {preset})' if preset else ''} but {_shape(tensor)} in the model; "
                 f"the checkpoint is of another preset or architecture")
@@ -123,7 +124,7 @@ def load_backbone(model: nn.Module, path: Union[str, Path], strict_backbone: boo
     report.missing_keys = [prefix + k for k in targets if k not in provided]
     lacking = [k for k in targets if k not in provided and k not in new]
     if strict_backbone and (lacking or report.unexpected_keys):
-        raise ValueError(f"{path}: the checkpoint does not fit the backbone{f' at {prefix!r}' if prefix else ''}: "
+        raise CheckpointError(f"{path}: the checkpoint does not fit the backbone{f' at {prefix!r}' if prefix else ''}: "
                          f"missing backbone keys {_few(lacking)}, unexpected checkpoint keys "
                          f"{_few(report.unexpected_keys)}")
 

@@ -12,20 +12,21 @@ resolved from our ``COMPLETE`` markers, the output is a tag directory with the s
 ``zero/`` layout, turns ``load_universal`` on, corrects two slips of DeepSpeed's universal loader
 (per-group optimizer hyperparameters, a shared Adam step counter), and, when the world size
 differs from the one in the client state, moves the data position and reseeds the RNG streams
-(see :mod:`rsfm_ds.engine.checkpointing`). DeepSpeed also writes ``latest_universal`` next to the
+(see :func:`rsfm_ds.engine.loop.restore`). DeepSpeed also writes ``latest_universal`` next to the
 output tag.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import shutil
 from pathlib import Path
 from typing import Optional, Union
 
-from ..engine.checkpointing import COMPLETE_MARKER
-from . import ds_layout
+from ..errors import CheckpointError
+from . import layout
 
 
 def reshard(ckpt_dir: Union[str, Path], out: Union[str, Path], tag: Optional[str] = None, workers: int = 1) -> Path:
@@ -41,17 +42,17 @@ def reshard(ckpt_dir: Union[str, Path], out: Union[str, Path], tag: Optional[str
             one rank's optimizer file in memory).
 
     Raises:
-        FileExistsError: the output tag exists (remove it first); ValueError: the input is
+        FileExistsError: the output tag exists (remove it first); CheckpointError: the input is
             already universal.
     """
-    src = ds_layout.resolve_tag_dir(ckpt_dir, tag)
-    if ds_layout.is_universal(src):
-        raise ValueError(f"{src}: already a universal checkpoint")
+    src = layout.resolve_tag_dir(ckpt_dir, tag)
+    if layout.is_universal(src):
+        raise CheckpointError(f"{src}: already a universal checkpoint")
     out = Path(out)
-    dst = out if ds_layout.is_tag_name(out.name) else out / src.name
+    dst = out if layout.is_tag_name(out.name) else out / src.name
     if dst.exists() and any(dst.iterdir()):
-        raise FileExistsError(f"{dst}: exists and is not empty; remove it or choose another output")
-    step = ds_layout.client_state(src).get("step")
+        raise FileExistsError(errno.EEXIST, "exists and is not empty; remove it or choose another output", str(dst))
+    step = layout.client_state(src).get("step")
     from deepspeed.checkpoint import ds_to_universal
 
     args = argparse.Namespace(input_folder=str(src), output_folder=str(dst), num_extract_workers=workers,
@@ -63,7 +64,7 @@ def reshard(ckpt_dir: Union[str, Path], out: Union[str, Path], tag: Optional[str
     except BaseException:
         shutil.rmtree(dst, ignore_errors=True)  # never leave a half-written tag behind
         raise
-    (dst / COMPLETE_MARKER).write_text(f"{step}\n")
+    layout.mark_complete(dst, step)
     return dst
 
 

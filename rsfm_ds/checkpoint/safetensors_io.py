@@ -28,6 +28,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from ..errors import CheckpointError, ConfigError
+
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -87,10 +89,10 @@ def parse_size(size: Union[int, str]) -> int:
     else:
         m = _SIZE.match(size)
         if m is None:
-            raise ValueError(f"max shard size {size!r}: expected a number of bytes or e.g. 5GB, 500MB, 2GiB")
+            raise ConfigError(f"max shard size {size!r}: expected a number of bytes or e.g. 5GB, 500MB, 2GiB")
         value = int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
     if value <= 0:
-        raise ValueError(f"max shard size must be positive, got {size!r}")
+        raise ConfigError(f"max shard size must be positive, got {size!r}")
     return value
 
 
@@ -191,14 +193,14 @@ def safetensors_files(path: Path) -> List[Path]:
         for name in (INDEX_NAME, WEIGHTS_NAME):
             if (path / name).is_file():
                 return safetensors_files(path / name)
-        raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME} or {INDEX_NAME}")
+        raise CheckpointError(f"{path}: no {WEIGHTS_NAME} or {INDEX_NAME}")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".json":
         try:
             weight_map = json.loads(path.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{path}: not a safetensors index (no weight_map)") from None
+            raise CheckpointError(f"{path}: not a safetensors index (no weight_map)") from None
         return [path.parent / name for name in dict.fromkeys(weight_map.values())]
     return [path]
 
@@ -209,12 +211,12 @@ def read_header(path: Path) -> Dict[str, Any]:
     with open(path, "rb") as f:
         size = f.read(8)
         if len(size) < 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than its header length)")
+            raise CheckpointError(f"{path}: not a safetensors file (shorter than its header length)")
         (n,) = struct.unpack("<Q", size)
         try:
             return json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ValueError(f"{path}: not a safetensors file (unreadable header)") from None
+            raise CheckpointError(f"{path}: not a safetensors file (unreadable header)") from None
 
 
 def read_metadata(path: Path) -> Dict[str, str]:

@@ -25,7 +25,8 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from . import ds_layout
+from ..errors import CheckpointError
+from . import layout
 from .safetensors_io import DTYPE_OF_CODE, TensorInfo, read_metadata, safetensors_files, stored_names
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -60,12 +61,12 @@ class ZeroSource(TensorSource):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         self.path = tag_dir
-        if ds_layout.is_universal(tag_dir):
-            raise ValueError(f"{tag_dir}: a DeepSpeed universal checkpoint; convert the ZeRO checkpoint it "
+        if layout.is_universal(tag_dir):
+            raise CheckpointError(f"{tag_dir}: a DeepSpeed universal checkpoint; convert the ZeRO checkpoint it "
                              f"was made from, or resume training from it")
-        state = ds_layout.client_state(tag_dir)
+        state = layout.client_state(tag_dir)
         self.metadata = _client_metadata(state, source=str(tag_dir))
-        self.metadata["world_size"] = str(ds_layout.saved_world_size(tag_dir))
+        self.metadata["world_size"] = str(layout.saved_world_size(tag_dir))
         # DeepSpeed narrates each stage on stdout; a library call should not.
         with contextlib.redirect_stdout(io.StringIO()):
             self._lazy = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
@@ -121,7 +122,7 @@ class TorchFileSource(TensorSource):
             if isinstance(obj, dict) and set(obj) == {key}:
                 obj = obj[key]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise ValueError(f"{path}: not a state dict of tensors")
+            raise CheckpointError(f"{path}: not a state dict of tensors")
         self._tensors: Dict[str, torch.Tensor] = obj
         self.metadata = {"source": str(path)}
 
@@ -142,14 +143,14 @@ def open_source(path: Union[str, Path], tag: Optional[str] = None) -> TensorSour
     if path.is_dir():
         if tag is None and any((path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
             return SafetensorsSource(path)
-        return ZeroSource(ds_layout.resolve_tag_dir(path, tag))
+        return ZeroSource(layout.resolve_tag_dir(path, tag))
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file or directory")
+        raise CheckpointError(f"{path}: no such file or directory")
     if path.suffix in (".safetensors", ".json"):
         return SafetensorsSource(path)
     if path.suffix in _TORCH_SUFFIXES:
         return TorchFileSource(path)
-    raise ValueError(f"{path}: unknown checkpoint kind; expected a DeepSpeed checkpoint directory, "
+    raise CheckpointError(f"{path}: unknown checkpoint kind; expected a DeepSpeed checkpoint directory, "
                      f".safetensors, model.safetensors.index.json or a PyTorch {'/'.join(_TORCH_SUFFIXES)} file")
 
 
@@ -166,7 +167,7 @@ def _client_metadata(state: Dict, source: str) -> Dict[str, str]:
 
 def _st_dtype(code: str, file: Path, name: str) -> torch.dtype:
     if code not in DTYPE_OF_CODE:
-        raise ValueError(f"{file}: tensor {name} has dtype {code}, which rsfm-ds does not read")
+        raise CheckpointError(f"{file}: tensor {name} has dtype {code}, which rsfm-ds does not read")
     return DTYPE_OF_CODE[code]
 
 

@@ -22,7 +22,8 @@ from typing import Optional, Union
 
 import torch
 
-from . import ds_layout
+from ..errors import ConfigError
+from . import layout
 from .safetensors_io import ConversionResult, TensorInfo, provenance, save_sharded
 from .sources import ZeroSource
 
@@ -43,8 +44,8 @@ def zero_to_fp32(ckpt_dir: Union[str, Path], out: Union[str, Path], tag: Optiona
         integer buffers keep their dtype.
     """
     if Path(out).suffix in (".safetensors", ".json"):
-        raise ValueError(f"{out}: the output is a folder (it receives model.safetensors or shards and an index)")
-    source = ZeroSource(ds_layout.resolve_tag_dir(ckpt_dir, tag))
+        raise ConfigError(f"{out}: the output is a folder (it receives model.safetensors or shards and an index)")
+    source = ZeroSource(layout.resolve_tag_dir(ckpt_dir, tag))
     entries = [(name, TensorInfo(info.shape, torch.float32 if info.dtype.is_floating_point else info.dtype))
                for name, info in source.infos().items()]
     metadata = provenance("fp32-consolidated", **source.metadata, dtype="fp32")

@@ -10,6 +10,6 @@ Pretraining path (docs/shards.md):
   jpeg.py, transforms.py  OpenCV decoding (reduced where possible) and MAE augmentation
   pretrain_loader.py   ``PretrainDataConfig``, ``build_pretrain_loader``, ``PretrainLoader``
 
-Submodules are imported explicitly (``from rsfm_ds.data.pretrain_loader import ...``) so that a
+Submodules are imported explicitly (``from rsfm_ds.data.pretrain.loader import ...``) so that a
 command needing one reader does not import torch, OpenCV and WebDataset for all of them.
 """

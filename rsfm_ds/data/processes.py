@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 
 START_METHODS = ("forkserver", "spawn", "fork")
-_PRELOAD = ["rsfm_ds.data.pretrain_loader"]  # imports everything a data worker needs
+_PRELOAD = ["rsfm_ds.data.pretrain.loader"]  # imports everything a data worker needs
 
 
 def process_context(method: str = "forkserver") -> BaseContext:

@@ -11,6 +11,8 @@ import hashlib
 import math
 from typing import List, Sequence
 
+from ..errors import ConfigError, DataError
+
 
 def select_fraction(names: Sequence[str], fraction: float, seed: int = 0) -> List[int]:
     """Indices (ascending) into ``names`` of the seeded ``fraction`` subset (module doc: nested).
@@ -19,12 +21,12 @@ def select_fraction(names: Sequence[str], fraction: float, seed: int = 0) -> Lis
         ValueError: ``fraction`` not in ``(0, 1]``, no names, or duplicate names.
     """
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction: must be in (0, 1], got {fraction}")
+        raise ConfigError(f"fraction: must be in (0, 1], got {fraction}")
     if not names:
-        raise ValueError("select_fraction: empty file list")
+        raise DataError("select_fraction: empty file list")
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"fraction subsets are keyed by file name, which must be unique; repeated: {dupes[:5]}")
+        raise DataError(f"fraction subsets are keyed by file name, which must be unique; repeated: {dupes[:5]}")
     keep = max(1, math.ceil(fraction * len(names) - 1e-9))  # tolerance: 0.05 * 100 is 5.000000000000001
     order = sorted(range(len(names)), key=lambda i: hashlib.sha256(f"{seed}:{names[i]}".encode()).digest())
     return sorted(order[:keep])

@@ -1,150 +1,147 @@
-"""Training checkpoints on top of DeepSpeed's ``save_checkpoint``: completeness, retention, RNG.
+"""Training checkpoints on top of DeepSpeed's ``save_checkpoint``: when, which to keep, resuming.
 
-Layout: ``<run_dir>/checkpoints/step_00000100/`` is one DeepSpeed tag (its ZeRO shards and
-per-rank model-state files, which carry our client state). A tag counts as complete only once
-``COMPLETE`` exists in it; rank 0 writes that marker after every rank has finished writing (a
-barrier), so a run killed mid-save leaves a tag without the marker, which resumption skips and the
-next successful save deletes. DeepSpeed's own ``latest`` file is not trusted for that reason.
+:class:`CheckpointManager` owns the policy: a checkpoint every ``checkpoint.every_steps`` and at
+the end, the newest ``keep_last`` complete ones kept, the best evaluation kept apart, the
+``COMPLETE`` marker written by rank 0 once every rank has finished writing (a barrier), and the
+checkpoint to resume from. Where the files are and what makes a tag complete is
+:mod:`rsfm_ds.checkpoint.layout`'s.
 
-The client state holds what DeepSpeed does not: step, epoch, samples seen, the data loader's
-position, every RNG state (Python, NumPy, torch CPU and CUDA, the masking generator) and the run
-config.
+The client state (:class:`~rsfm_ds.engine.state.TrainState` plus every RNG state, the run config,
+the world size and the preset) holds what DeepSpeed does not.
 
 Another world size: a ZeRO checkpoint only loads at the world size that wrote it, which
 :func:`resume_ds_config` checks before DeepSpeed is initialised (naming ``rsfm convert reshard``).
 A universal checkpoint (``rsfm convert reshard``, a ``zero/`` folder in the tag) loads at any world
-size with DeepSpeed's ``load_universal``, which :func:`resume_ds_config` turns on; :func:`load`
-corrects two slips of DeepSpeed's universal loader (per-group hyperparameters, a shared Adam step
-counter). At the same world size the resume stays exact (each rank takes its own RNG state,
-:func:`rank_rng_state`). At another
-one the data position is kept in samples (:func:`resharded_position`) and every RNG stream is
-reseeded from ``(seed, step, rank)`` (:func:`resharded_seed`): the old ranks' streams have no
-counterpart in the new world.
+size with DeepSpeed's ``load_universal``, which :func:`resume_ds_config` turns on;
+:meth:`CheckpointManager.load` corrects two slips of DeepSpeed's universal loader (per-group
+hyperparameters, a shared Adam step counter). At the same world size the resume stays exact (each
+rank takes its own RNG state, :func:`rank_rng_state`). At another one the data position is kept in
+samples (:func:`resharded_position`) and every RNG stream is reseeded from ``(seed, step, rank)``
+(:func:`resharded_seed`): the old ranks' streams have no counterpart in the new world.
 """
 from __future__ import annotations
 
+import json
 import os
-import random
-import re
 import shutil
 import signal
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..checkpoint import layout
 from ..config import ConfigError
+from ..errors import CheckpointError
 
-COMPLETE_MARKER = "COMPLETE"
 # Fault injection for the crash-safety test: rank 0 SIGKILLs itself while saving this step, after
 # the shards are written and before the checkpoint is marked complete.
 FAULT_KILL_DURING_SAVE = "RSFM_FAULT_KILL_DURING_SAVE"
-_TAG = re.compile(r"^step_(\d{8})$")
+BEST_PREFIX = "best_"
 
 
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
+class CheckpointManager:
+    """Saves, prunes and finds the checkpoints of one run in ``ckpt_dir``.
 
+    Args:
+        ckpt_dir: ``<run_dir>/checkpoints``.
+        every_steps: save when the step is a multiple of this (and at the last step).
+        keep_last: complete checkpoints kept (best-evaluation checkpoints are kept apart).
+        resume: ``"auto"`` (the newest complete checkpoint, if any), a tag directory, or None.
+    """
 
-def complete_tags(ckpt_dir: Path) -> List[str]:
-    """Complete checkpoint tags in ``ckpt_dir``, oldest first."""
-    if not ckpt_dir.is_dir():
-        return []
-    tags = [p.name for p in ckpt_dir.iterdir()
-            if p.is_dir() and _TAG.match(p.name) and (p / COMPLETE_MARKER).is_file()]
-    return sorted(tags)
+    def __init__(self, ckpt_dir: Path, every_steps: int, keep_last: int, resume: Optional[str]):
+        self.ckpt_dir = Path(ckpt_dir)
+        self.every_steps, self.keep_last, self.resume = every_steps, keep_last, resume
 
+    @classmethod
+    def for_run(cls, run_dir: Path, cfg) -> "CheckpointManager":
+        """The manager of ``run_dir`` configured by a ``checkpoint`` config section."""
+        return cls(Path(run_dir) / "checkpoints", cfg.every_steps, cfg.keep_last, cfg.resume)
 
-def resolve_resume(resume: Optional[str], ckpt_dir: Path) -> Optional[Path]:
-    """The checkpoint directory to resume from: ``auto`` = newest complete tag (or None),
-    a path = that tag directory (which must be complete), None = start fresh."""
-    if resume is None:
-        return None
-    if resume == "auto":
-        tags = complete_tags(ckpt_dir)
-        return ckpt_dir / tags[-1] if tags else None
-    path = Path(resume)
-    if not (path / COMPLETE_MARKER).is_file():
-        raise FileNotFoundError(f"checkpoint.resume: {path} is not a complete checkpoint "
-                                f"(no {COMPLETE_MARKER} marker: missing, or cut off while saving)")
-    return path
+    def due(self, step: int, stop_step: int) -> bool:
+        return step % self.every_steps == 0 or step == stop_step
 
+    def resume_path(self) -> Optional[Path]:
+        """The tag directory to resume from: ``auto`` = newest complete tag (or None), a path =
+        that tag directory (which must be complete), None = start fresh."""
+        if self.resume is None:
+            return None
+        if self.resume == "auto":
+            tags = layout.complete_tags(self.ckpt_dir)
+            return self.ckpt_dir / tags[-1] if tags else None
+        path = Path(self.resume)
+        if not layout.is_complete(path):
+            raise CheckpointError(f"checkpoint.resume: {path} is not a complete checkpoint (no "
+                                  f"{layout.COMPLETE_MARKER} marker: missing, or cut off while saving)")
+        return path
 
-def rng_state(generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
-    state = dict(python=random.getstate(), numpy=np.random.get_state(),
-                 torch=torch.get_rng_state())
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    if generator is not None:
-        state["generator"] = generator.get_state()
-    return state
+    def save(self, engine, step: int, client_state: Dict[str, Any]) -> Path:
+        """Save a DeepSpeed checkpoint for ``step`` on every rank, mark it complete, prune old ones."""
+        path = self.ckpt_dir / layout.tag_for(step)
+        if dist.get_rank() == 0 and path.exists():  # a leftover of a run killed while saving this step
+            shutil.rmtree(path)
+        dist.barrier()
+        engine.save_checkpoint(str(self.ckpt_dir), tag=path.name, client_state=client_state, save_latest=False)
+        if os.environ.get(FAULT_KILL_DURING_SAVE) == str(step) and dist.get_rank() == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        dist.barrier()
+        if dist.get_rank() == 0:
+            layout.mark_complete(path, step)
+            self.prune()
+        dist.barrier()
+        return path
 
+    def save_best(self, engine, step: int, client_state: Dict[str, Any], best: Dict[str, Any]) -> Path:
+        """Save the best model so far as ``best_step_XXXXXXXX`` (complete-marked, with ``best.json``),
+        then delete the previous best. Resumption never picks these up by itself."""
+        path = self.ckpt_dir / f"{BEST_PREFIX}{layout.tag_for(step)}"
+        dist.barrier()
+        engine.save_checkpoint(str(self.ckpt_dir), tag=path.name, client_state=client_state, save_latest=False)
+        dist.barrier()
+        if dist.get_rank() == 0:
+            (path / "best.json").write_text(json.dumps(best, indent=2))
+            layout.mark_complete(path, step)
+            for old in self.ckpt_dir.glob(f"{BEST_PREFIX}step_*"):
+                if old.name != path.name:
+                    shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+        return path
 
-def set_rng_state(state: Dict[str, Any], generator: Optional[torch.Generator] = None) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    if generator is not None and "generator" in state:
-        generator.set_state(state["generator"])
+    def prune(self) -> None:
+        """Delete all but the newest ``keep_last`` complete tags, and incomplete tags older than the
+        newest complete one (leftovers of interrupted saves)."""
+        complete = layout.complete_tags(self.ckpt_dir)
+        for tag in complete[:-self.keep_last]:
+            shutil.rmtree(self.ckpt_dir / tag, ignore_errors=True)
+        if complete:
+            for tag_dir in layout.tag_dirs(self.ckpt_dir):
+                if tag_dir.name < complete[-1] and not layout.is_complete(tag_dir):
+                    shutil.rmtree(tag_dir, ignore_errors=True)
 
-
-def save(engine, ckpt_dir: Path, step: int, client_state: Dict[str, Any], keep_last: int) -> Path:
-    """Save a DeepSpeed checkpoint for ``step`` on every rank, mark it complete, prune old ones."""
-    tag = tag_for(step)
-    path = ckpt_dir / tag
-    if dist.get_rank() == 0 and path.exists():  # a leftover of a run killed while saving this step
-        shutil.rmtree(path)
-    dist.barrier()
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-    if os.environ.get(FAULT_KILL_DURING_SAVE) == str(step) and dist.get_rank() == 0:
-        os.kill(os.getpid(), signal.SIGKILL)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        (path / COMPLETE_MARKER).write_text(f"{step}\n")
-        prune(ckpt_dir, keep_last)
-    dist.barrier()
-    return path
-
-
-def prune(ckpt_dir: Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` complete tags, and incomplete tags older than the
-    newest complete one (leftovers of interrupted saves)."""
-    complete = complete_tags(ckpt_dir)
-    for tag in complete[:-keep_last]:
-        shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
-    if complete:
-        newest = complete[-1]
-        for p in ckpt_dir.iterdir():
-            if p.is_dir() and _TAG.match(p.name) and p.name < newest and not (p / COMPLETE_MARKER).exists():
-                shutil.rmtree(p, ignore_errors=True)
-
-
-def load(engine, path: Path) -> Dict[str, Any]:
-    """Load model, optimizer and client state of the tag directory ``path``; returns client state."""
-    from ..checkpoint import ds_layout
-
-    groups = engine.optimizer.param_groups if engine.optimizer is not None else []
-    hyper = [{k: v for k, v in g.items() if k != "params"} for g in groups]
-    _, client_state = engine.load_checkpoint(str(path.parent), tag=path.name,
-                                             load_optimizer_states=True, load_lr_scheduler_states=False)
-    if client_state is None:
-        raise FileNotFoundError(f"{path}: DeepSpeed found no checkpoint for this rank")
-    if ds_layout.is_universal(path):
-        # Two slips of DeepSpeed's universal loader (0.19) break an exact resume. It gives every
-        # parameter group the hyperparameters of the first (weight decay then reaches norms and
-        # biases, or leaves the weights): put this run's back. And it puts one `step` tensor into
-        # every group's Adam state, which torch's Adam increments in place once per group and step
-        # (wrong bias correction from the first step on): give each state its own copy.
-        for group, saved in zip(groups, hyper):
-            group.update(saved)
-        for state in (engine.optimizer.state.values() if engine.optimizer is not None else ()):
-            if torch.is_tensor(state.get("step")):
-                state["step"] = state["step"].clone()
-    return client_state
+    @staticmethod
+    def load(engine, path: Path) -> Dict[str, Any]:
+        """Load model, optimizer and client state of the tag directory ``path``; returns the client
+        state."""
+        groups = engine.optimizer.param_groups if engine.optimizer is not None else []
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+        _, client_state = engine.load_checkpoint(str(path.parent), tag=path.name,
+                                                 load_optimizer_states=True, load_lr_scheduler_states=False)
+        if client_state is None:
+            raise CheckpointError(f"{path}: DeepSpeed found no checkpoint for this rank")
+        if layout.is_universal(path):
+            # Two slips of DeepSpeed's universal loader (0.19) break an exact resume. It gives every
+            # parameter group the hyperparameters of the first (weight decay then reaches norms and
+            # biases, or leaves the weights): put this run's back. And it puts one `step` tensor into
+            # every group's Adam state, which torch's Adam increments in place once per group and step
+            # (wrong bias correction from the first step on): give each state its own copy.
+            for group, saved in zip(groups, hyper):
+                group.update(saved)
+            for state in (engine.optimizer.state.values() if engine.optimizer is not None else ()):
+                if torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].clone()
+        return client_state
 
 
 def resume_ds_config(ds_config: Dict[str, Any], path: Path, world_size: int) -> Dict[str, Any]:
@@ -154,11 +151,9 @@ def resume_ds_config(ds_config: Dict[str, Any], path: Path, world_size: int) -> 
     before it builds the optimizer). A ZeRO checkpoint written by another world size is refused
     here, before anything is built, with the conversion that makes it loadable.
     """
-    from ..checkpoint import ds_layout
-
-    if ds_layout.is_universal(path):
+    if layout.is_universal(path):
         return {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
-    saved = ds_layout.saved_world_size(path)
+    saved = layout.saved_world_size(path)
     if saved != world_size:
         raise ConfigError(f"checkpoint.resume: {path} was saved by {saved} ranks and this run has {world_size}; "
                           f"convert it with `rsfm convert reshard {path} <new run_dir>/checkpoints` and resume "
@@ -172,11 +167,9 @@ def rank_rng_state(path: Path, rank: int, state: Dict[str, Any]) -> Dict[str, An
     DeepSpeed hands every rank its own client state from a ZeRO checkpoint (``state``), but rank
     0's from a universal one, whose model-states files still hold each rank's own.
     """
-    from ..checkpoint import ds_layout
-
-    if not ds_layout.is_universal(path):
+    if not layout.is_universal(path):
         return state["rng"]
-    return ds_layout.client_state(path, rank)["rng"]
+    return layout.client_state(path, rank)["rng"]
 
 
 def resharded_position(state: Dict[str, Any], global_batch_size: int, steps_per_epoch: int,
@@ -204,3 +197,7 @@ def resharded_seed(seed: int, step: int, rank: int) -> int:
     at ``step`` with another world size: a function of ``(seed, step, rank)`` only, so a resharded
     resume is itself reproducible."""
     return ((seed * 1_000_003 + step) * 1_000_003 + rank) % 2 ** 63
+
+
+__all__ = ["CheckpointManager", "FAULT_KILL_DURING_SAVE", "resume_ds_config", "rank_rng_state",
+           "resharded_position", "resharded_seed"]

@@ -6,48 +6,27 @@ Each field is documented by the string after it (docs/configuration.md is genera
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Literal, Optional, Tuple
 
 from ..config import check
-from ..data.pretrain_loader import PretrainDataConfig
-from ..models.presets import PRESETS
+from ..data.pretrain.loader import PretrainDataConfig
+from ..models.mae import MAEConfig
+from ..models.vitdet import ViTDetConfig
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+Precision = Literal["fp32", "bf16", "fp16"]
 
 
 @dataclass
-class MAEModelConfig:
-    """The MAE model being pretrained."""
+class MAEModelConfig(MAEConfig):
+    """The MAE model being pretrained, and how the engine runs it."""
 
-    preset: str = "debug"
-    """Backbone preset (rsfm models lists them)."""
-    img_size: int = 224
-    """Input side in pixels; must match data.img_size."""
-    mask_ratio: float = 0.75
-    """Fraction of patches removed per sample."""
-    norm_pix_loss: bool = True
-    """Regress per-patch normalised pixels."""
-    drop_path_rate: float = 0.0
-    """Stochastic depth at the last encoder block (MAE pretraining uses none)."""
-    decoder: Optional[Tuple[int, int, int]] = None
-    """MAE decoder (width, depth, heads); null takes the preset's."""
     grad_checkpointing: bool = True
     """Recompute encoder blocks in the backward pass (activation checkpointing)."""
     checkpoint_use_reentrant: bool = False
     """Reentrant checkpointing; needed with frozen parameters under ZeRO-3."""
-    fused_attn: bool = True
-    """scaled_dot_product_attention kernels (flash / memory-efficient on GPU)."""
     zero_init: bool = False
     """Build the model under deepspeed.zero.Init (partitioned from the start; for models whose
     replicas do not fit one device). Needs ZeRO stage 3."""
-
-    def __post_init__(self):
-        check(self.preset in PRESETS, "preset", f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
-        patch = PRESETS[self.preset].patch_size
-        check(self.img_size > 0 and self.img_size % patch == 0, "img_size",
-              f"must be a positive multiple of the patch size {patch}, got {self.img_size}")
-        check(0.0 < self.mask_ratio < 1.0, "mask_ratio", f"must be in (0, 1), got {self.mask_ratio}")
-        check(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
 
 
 @dataclass
@@ -96,7 +75,7 @@ class TrainConfig:
     """Training length in epochs."""
     max_steps: Optional[int] = None
     """Stop after this many optimizer steps (caps epochs; the schedule still spans all epochs)."""
-    precision: str = "bf16"
+    precision: Precision = "bf16"
     """fp32, bf16 or fp16; must agree with the DeepSpeed config."""
     ds_config: str = "ds_configs/zero3_bf16.json"
     """DeepSpeed JSON; batch sizes, precision and clipping are filled from this run config, and a
@@ -113,7 +92,6 @@ class TrainConfig:
               f"{self.global_batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
         check(self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
         check(self.max_steps is None or self.max_steps > 0, "max_steps", f"must be positive, got {self.max_steps}")
-        check(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass
@@ -175,23 +153,9 @@ class PretrainConfig:
 
 
 @dataclass
-class BackboneConfig:
-    """The ViTDet backbone of a fine-tuning run."""
+class BackboneConfig(ViTDetConfig):
+    """The ViTDet backbone of a fine-tuning run, its pretrained weights, and how the engine runs it."""
 
-    preset: str = "debug"
-    """Backbone preset (rsfm models lists them)."""
-    img_size: int = 512
-    """Training input side in pixels."""
-    window_size: int = 14
-    """Window side in tokens for the non-global blocks (7 in the RVSA/MTP recipes)."""
-    global_attn_indexes: Optional[Tuple[int, ...]] = None
-    """Blocks with global attention; null takes the preset's (the last block of each quarter)."""
-    drop_path_rate: float = 0.1
-    """Stochastic depth at the last block."""
-    use_rel_pos: bool = False
-    """Decomposed relative position bias (new, zero-initialised parameters)."""
-    out_channels: int = 256
-    """Width of every pyramid level."""
     pretrained: Optional[str] = None
     """Pretrained weights: a converted backbone file, a ZeRO-3 checkpoint directory or a timm
     file; null trains from scratch."""
@@ -201,17 +165,6 @@ class BackboneConfig:
     """Reentrant checkpointing; needed with frozen parameters under ZeRO-3."""
     zero_init: bool = False
     """Build the model under deepspeed.zero.Init (needs ZeRO stage 3)."""
-
-    def __post_init__(self):
-        check(self.preset in PRESETS, "preset", f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
-        check(self.img_size > 0 and self.img_size % 32 == 0, "img_size",
-              f"must be a positive multiple of 32 (the coarsest pyramid stride), got {self.img_size}")
-        check(self.window_size > 0, "window_size", f"must be positive, got {self.window_size}")
-        depth = PRESETS[self.preset].depth
-        if self.global_attn_indexes is not None:
-            check(all(0 <= i < depth for i in self.global_attn_indexes), "global_attn_indexes",
-                  f"must be block indexes in [0, {depth}), got {self.global_attn_indexes}")
-        check(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
 
 
 @dataclass
@@ -239,18 +192,15 @@ class FinetuneOptimConfig:
         check(self.clip_grad is None or self.clip_grad > 0, "clip_grad", f"must be positive, got {self.clip_grad}")
 
 
-SCHEDULES = ("multistep", "poly", "cosine")
-
-
 @dataclass
 class ScheduleConfig:
     """Length and learning-rate schedule, in optimizer steps or epochs."""
 
-    by: str = "epoch"
+    by: Literal["epoch", "iter"] = "epoch"
     """Unit of length, milestones and warm-up: "epoch" or "iter" (optimizer steps)."""
     length: int = 12
     """Training length in units of `by`."""
-    type: str = "multistep"
+    type: Literal["multistep", "poly", "cosine"] = "multistep"
     """multistep (detection: x0.1 at each milestone), poly (segmentation) or cosine."""
     milestones: Tuple[int, ...] = (8, 11)
     """multistep: where the lr drops, in units of `by`."""
@@ -266,9 +216,7 @@ class ScheduleConfig:
     """Warm-up starts at lr x warmup_ratio."""
 
     def __post_init__(self):
-        check(self.by in ("epoch", "iter"), "by", f"must be 'epoch' or 'iter', got {self.by!r}")
         check(self.length > 0, "length", f"must be positive, got {self.length}")
-        check(self.type in SCHEDULES, "type", f"must be one of {SCHEDULES}, got {self.type!r}")
         check(all(0 < m for m in self.milestones), "milestones", f"must be positive, got {self.milestones}")
         check(self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}")
         check(0 < self.warmup_ratio <= 1, "warmup_ratio", f"must be in (0, 1], got {self.warmup_ratio}")
@@ -282,7 +230,7 @@ class FinetuneTrainConfig:
     """Images per optimizer step over all ranks."""
     micro_batch_size: int = 2
     """Images per rank per forward/backward pass."""
-    precision: str = "bf16"
+    precision: Precision = "bf16"
     """fp32, bf16 or fp16; must agree with the DeepSpeed config."""
     ds_config: str = "ds_configs/finetune_bf16.json"
     """DeepSpeed JSON (its ZeRO stage may be left to `zero_stage`)."""
@@ -297,7 +245,6 @@ class FinetuneTrainConfig:
         check(self.micro_batch_size > 0, "micro_batch_size", f"must be positive, got {self.micro_batch_size}")
         check(self.global_batch_size % self.micro_batch_size == 0, "global_batch_size",
               f"{self.global_batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
-        check(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
         check(self.zero_stage is None or self.zero_stage in (0, 1, 2, 3), "zero_stage",
               f"must be 0..3 or null, got {self.zero_stage}")
         check(self.max_steps is None or self.max_steps > 0, "max_steps", f"must be positive, got {self.max_steps}")

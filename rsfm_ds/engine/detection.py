@@ -2,7 +2,7 @@
 
 :class:`DetectionTask` supplies Oriented R-CNN over a ViTDet backbone
 (:class:`~rsfm_ds.models.heads.OrientedRCNN`), the DOTA / DIOR-R datasets
-(:mod:`rsfm_ds.data.det_dataset`) and the evaluation; :func:`~rsfm_ds.engine.finetune.finetune`
+(:mod:`rsfm_ds.data.det.dataset`) and the evaluation; :func:`~rsfm_ds.engine.finetune.finetune`
 does the rest (DeepSpeed, layer decay, schedule, checkpoints, resumption).
 
 Evaluation (every ``eval.every`` units and at the end), on every rank:
@@ -16,7 +16,7 @@ Evaluation (every ``eval.every`` units and at the end), on every rank:
    ``<run_dir>/eval/step_<N>/task1/``: the files the DOTA server takes. When the evaluation set is
    made of DOTA patches (every image id is a patch name ``<id>__<rate>__<x>___<y>``), the patch
    detections go to ``task1_patches/`` and ``task1/`` holds them merged back to whole images
-   (:func:`~rsfm_ds.data.dota_merge.merge_detections`: offsets, rates, per-class rotated NMS 0.1).
+   (:func:`~rsfm_ds.data.det.merge.merge_detections`: offsets, rates, per-class rotated NMS 0.1).
 
 Metrics: ``mAP`` and ``AP/<class>`` (classes with objects). For a patch set with
 ``data.val_full_labels`` (the unsplit images' ``labelTxt``), ``mAP`` is the merged detections'
@@ -27,31 +27,28 @@ only ``num_detections``, and the Task1 files.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from ..config import check
-from ..data.det_dataset import (DetectionDataset, DetRecord, collate_detection, dior_records,
+from ..data.det.dataset import (DetectionDataset, DetRecord, collate_detection, dior_records,
                                 dota_records, select_classes)
-from ..data.dota import DOTA_CLASS_LISTS, Detections, load_dota_labels, write_task1_dir
-from ..data.dota_merge import merge_detections
-from ..data.dota_split import parse_patch_name
+from ..data.det.dota import DOTA_CLASS_LISTS, load_dota_labels, write_task1_dir
+from ..data.det.merge import merge_detections
+from ..data.det.split import parse_patch_name
 from ..data.subsets import select_fraction
+from ..errors import DataError
+from ..evaluation.detection_results import predict, to_task1
 from ..evaluation.rotated_map import DEVKIT, MMROTATE, MapResult, class_list, evaluate_rotated_map
-from ..models.heads import OrientedRCNN
-from ..models.heads.oriented_rpn import RPN_NMS_TYPES
-from ..models.vitdet import create_vitdet
-from ..ops.rotated import box_to_polygon
+from ..models.heads import OrientedRCNN, OrientedRCNNConfig
 from .config import FinetuneConfig
-from .finetune import FinetuneTask
+from .task import FinetuneTask
 
-DATASETS = ("dota2", "dota1.5", "dota1", "dior")
 PROTOCOLS = {"devkit": DEVKIT, "mmrotate": MMROTATE}
 
 
@@ -59,7 +56,7 @@ PROTOCOLS = {"devkit": DEVKIT, "mmrotate": MMROTATE}
 class DetDataConfig:
     """Detection data: which dataset, where, which classes, which augmentations."""
 
-    dataset: str = "dota2"
+    dataset: Literal["dota2", "dota1.5", "dota1", "dior"] = "dota2"
     """dota2 (18 classes), dota1.5 (16) or dota1 (15): DOTA-format folders; dior: the DIOR-R
     release tree (20 classes)."""
     train_dirs: Tuple[str, ...] = ()
@@ -91,7 +88,7 @@ class DetDataConfig:
     """Train on difficult objects too (default: removed from the training targets)."""
     filter_empty: bool = True
     """Skip training images without objects (mmdet's filter_empty_gt)."""
-    protocol: str = "devkit"
+    protocol: Literal["devkit", "mmrotate"] = "devkit"
     """mAP protocol: devkit (IoU > 0.5, difficult ignored, VOC07 AP; also DIOR-R's) or mmrotate
     (IoU >= 0.5, difficult counted)."""
     fraction: float = 1.0
@@ -101,7 +98,6 @@ class DetDataConfig:
     """Seed of the training subset (fixed per study, nested across fractions)."""
 
     def __post_init__(self):
-        check(self.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, got {self.dataset!r}")
         if self.dataset == "dior":
             check(self.root is not None, "root", "the DIOR-R root is required for dataset dior")
             check(len(self.train_splits) > 0, "train_splits", "name at least one image set")
@@ -118,100 +114,7 @@ class DetDataConfig:
         for name in ("hflip_prob", "vflip_prob", "rot90_prob"):
             value = getattr(self, name)
             check(0.0 <= value <= 1.0, name, f"must be in [0, 1], got {value}")
-        check(self.protocol in PROTOCOLS, "protocol", f"must be one of {tuple(PROTOCOLS)}, got {self.protocol!r}")
         check(0 < self.fraction <= 1, "fraction", f"must be in (0, 1], got {self.fraction}")
-
-
-@dataclass
-class DetRPNConfig:
-    """Oriented RPN (defaults: mmrotate's oriented-rcnn-le90)."""
-
-    anchor_scale: float = 8.0
-    """Anchor side over the level's stride."""
-    anchor_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
-    """Anchor height/width ratios, one anchor each per location."""
-    pos_iou: float = 0.7
-    """Anchors with IoU >= this (to the ground truth's horizontal bounds) are positive."""
-    neg_iou: float = 0.3
-    """Anchors with IoU < this to every object are negative."""
-    min_pos_iou: float = 0.3
-    """Each object also takes its best anchors when their IoU is >= this."""
-    num_samples: int = 256
-    """Anchors sampled per image for the loss."""
-    pos_fraction: float = 0.5
-    """Largest share of positives among the sampled anchors."""
-    allowed_border: int = 0
-    """Anchors crossing the image border by more pixels are ignored in training; -1 keeps all."""
-    pre_nms_top_k_train: int = 2000
-    """Best anchors per level decoded before NMS, in training."""
-    pre_nms_top_k_test: int = 2000
-    """Best anchors per level decoded before NMS, at inference."""
-    max_proposals_train: int = 2000
-    """Proposals per image after NMS, in training."""
-    max_proposals_test: int = 2000
-    """Proposals per image after NMS, at inference."""
-    nms_iou: float = 0.8
-    """Proposal NMS threshold (within each level)."""
-    nms_type: str = "hbox"
-    """hbox: NMS on the proposals' horizontal bounds (what mmrotate's OrientedRPNHead does);
-    rotated: exact rotated IoU (seconds per image on a CPU)."""
-
-    def __post_init__(self):
-        check(self.anchor_scale > 0, "anchor_scale", f"must be positive, got {self.anchor_scale}")
-        check(len(self.anchor_ratios) > 0 and all(r > 0 for r in self.anchor_ratios), "anchor_ratios",
-              f"need one or more positive ratios, got {self.anchor_ratios}")
-        _check_assign(self.pos_iou, self.neg_iou, self.num_samples, self.pos_fraction)
-        check(0.0 <= self.min_pos_iou <= self.pos_iou, "min_pos_iou",
-              f"must be in [0, pos_iou={self.pos_iou}], got {self.min_pos_iou}")
-        check(self.allowed_border >= -1, "allowed_border", f"must be >= -1, got {self.allowed_border}")
-        for name in ("pre_nms_top_k_train", "pre_nms_top_k_test", "max_proposals_train",
-                     "max_proposals_test"):
-            check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
-        check(0.0 < self.nms_iou <= 1.0, "nms_iou", f"must be in (0, 1], got {self.nms_iou}")
-        check(self.nms_type in RPN_NMS_TYPES, "nms_type", f"must be one of {RPN_NMS_TYPES}, got {self.nms_type!r}")
-
-
-@dataclass
-class DetRoIConfig:
-    """Rotated RoI head (defaults: mmrotate's oriented-rcnn-le90)."""
-
-    output_size: int = 7
-    """RoIAlignRotated bins per side."""
-    sampling_ratio: int = 2
-    """RoIAlignRotated samples per bin per axis."""
-    finest_scale: float = 56.0
-    """RoIs of scale sqrt(w*h) < 2 x this are pooled from p2, then one level per doubling."""
-    fc_dim: int = 1024
-    """Width of the two shared FC layers."""
-    pos_iou: float = 0.5
-    """Proposals with rotated IoU >= this are positive."""
-    neg_iou: float = 0.5
-    """Proposals with rotated IoU < this to every object are negative (background)."""
-    num_samples: int = 512
-    """RoIs sampled per image for the loss."""
-    pos_fraction: float = 0.25
-    """Largest share of positives among the sampled RoIs."""
-    add_gt_as_proposals: bool = True
-    """Add the ground truth to the proposals in training."""
-    score_thr: float = 0.05
-    """Inference: (RoI, class) pairs scoring above this are candidates."""
-    nms_iou: float = 0.1
-    """Inference: per-class rotated NMS threshold."""
-    nms_pre: int = 2000
-    """Inference: best candidates per image entering NMS."""
-    max_per_img: int = 2000
-    """Inference: detections kept per image."""
-
-    def __post_init__(self):
-        check(self.output_size > 0, "output_size", f"must be positive, got {self.output_size}")
-        check(self.sampling_ratio > 0, "sampling_ratio", f"must be positive, got {self.sampling_ratio}")
-        check(self.finest_scale > 0, "finest_scale", f"must be positive, got {self.finest_scale}")
-        check(self.fc_dim > 0, "fc_dim", f"must be positive, got {self.fc_dim}")
-        _check_assign(self.pos_iou, self.neg_iou, self.num_samples, self.pos_fraction)
-        check(0.0 <= self.score_thr < 1.0, "score_thr", f"must be in [0, 1), got {self.score_thr}")
-        check(0.0 <= self.nms_iou <= 1.0, "nms_iou", f"must be in [0, 1], got {self.nms_iou}")
-        check(self.nms_pre > 0, "nms_pre", f"must be positive, got {self.nms_pre}")
-        check(self.max_per_img > 0, "max_per_img", f"must be positive, got {self.max_per_img}")
 
 
 def _source_image(image_id: str) -> str:
@@ -229,23 +132,6 @@ def _image_fraction(records: List[DetRecord], fraction: float, seed: int) -> Lis
     return [r for r in records if _source_image(r.image_id) in keep]
 
 
-def _check_assign(pos_iou: float, neg_iou: float, num_samples: int, pos_fraction: float) -> None:
-    check(0.0 < pos_iou <= 1.0, "pos_iou", f"must be in (0, 1], got {pos_iou}")
-    check(0.0 <= neg_iou <= pos_iou, "neg_iou", f"must be in [0, pos_iou={pos_iou}], got {neg_iou}")
-    check(num_samples > 0, "num_samples", f"must be positive, got {num_samples}")
-    check(0.0 < pos_fraction <= 1.0, "pos_fraction", f"must be in (0, 1], got {pos_fraction}")
-
-
-@dataclass
-class DetModelConfig:
-    """The Oriented R-CNN heads (the backbone is the `backbone` section)."""
-
-    rpn: DetRPNConfig = field(default_factory=DetRPNConfig)
-    """Oriented RPN."""
-    roi: DetRoIConfig = field(default_factory=DetRoIConfig)
-    """Rotated RoI head."""
-
-
 @dataclass
 class DetFinetuneConfig(FinetuneConfig):
     """Oriented R-CNN fine-tuning run (rsfm finetune det)."""
@@ -253,7 +139,7 @@ class DetFinetuneConfig(FinetuneConfig):
     data: DetDataConfig = field(default_factory=lambda: DetDataConfig(
         train_dirs=("data/dota2/split_1024/train",), val_dir="data/dota2/split_1024/val"))
     """Datasets, classes, augmentation, mAP protocol."""
-    model: DetModelConfig = field(default_factory=DetModelConfig)
+    model: OrientedRCNNConfig = field(default_factory=OrientedRCNNConfig)
     """Detection heads."""
 
     def classes(self) -> Tuple[str, ...]:
@@ -272,13 +158,7 @@ class DetectionTask(FinetuneTask):
         self._eval_set: Optional[DetectionDataset] = None
 
     def build_model(self) -> nn.Module:
-        b = self.cfg.backbone
-        backbone = create_vitdet(b.preset, b.img_size, window_size=b.window_size,
-                                 global_attn_indexes=b.global_attn_indexes,
-                                 drop_path_rate=b.drop_path_rate, out_channels=b.out_channels,
-                                 use_rel_pos=b.use_rel_pos, extra_p6=True)
-        return OrientedRCNN(backbone, len(self.classes), rpn=asdict(self.cfg.model.rpn),
-                            roi=asdict(self.cfg.model.roi))
+        return OrientedRCNN.build(self.cfg.backbone, len(self.classes), self.cfg.model)
 
     def _records(self, train: bool) -> List[DetRecord]:
         d = self.cfg.data
@@ -350,48 +230,12 @@ class DetectionTask(FinetuneTask):
         ids = sorted({parse_patch_name(i).image_id for i in patch_gt})
         missing = [i for i in ids if i not in anns]
         if missing:
-            raise FileNotFoundError(f"data.val_full_labels: no label file for {len(missing)} image(s) "
+            raise DataError(f"data.val_full_labels: no label file for {len(missing)} image(s) "
                                     f"of the patches, e.g. {', '.join(missing[:5])}")
         records = [DetRecord(i, None, anns[i].polygons, anns[i].labels, anns[i].difficult) for i in ids]
         if tuple(self.classes) != tuple(dataset_classes):
             records = select_classes(records, dataset_classes, self.classes)
         return {r.image_id: r for r in records}
-
-
-ImageResult = Tuple[np.ndarray, np.ndarray, np.ndarray]
-"""One image's detections in the file's pixels: boxes ``float32 [D, 5]``, scores, labels."""
-
-
-@torch.no_grad()
-def predict(model: nn.Module, batches: Iterator[Tuple[Dict[str, Any], List[bool]]], to_device
-            ) -> List[Tuple[str, ImageResult]]:
-    """Run ``model`` (eval mode) on ``(batch, is_padding)`` pairs; ``(image id, detections)`` for
-    every real sample, boxes divided by the sample's resize factor (back to the file's pixels)."""
-    out = []
-    for batch, padding in batches:
-        dets = model(to_device(batch))
-        for d, pad, image_id, scale in zip(dets, padding, batch["image_ids"], batch["scales"]):
-            if pad:
-                continue
-            boxes = d.boxes.float().cpu()
-            boxes = torch.cat([boxes[:, :4] / scale, boxes[:, 4:]], dim=1)
-            out.append((image_id, (boxes.numpy(), d.scores.float().cpu().numpy(),
-                                   d.labels.cpu().numpy())))
-    return out
-
-
-def to_task1(per_image: Dict[str, ImageResult], classes: Tuple[str, ...]) -> Dict[str, Detections]:
-    """Per-image detections -> ``{class: Detections}`` with polygons (Task1 layout), images in
-    sorted order, each image's detections in its own order."""
-    ids = sorted(per_image)
-    counts = [len(per_image[i][1]) for i in ids]
-    image_ids = np.repeat(np.asarray(ids, dtype=str), counts)
-    boxes = np.concatenate([per_image[i][0].reshape(-1, 5) for i in ids]) if ids else np.zeros((0, 5))
-    scores = np.concatenate([per_image[i][1] for i in ids]) if ids else np.zeros(0)
-    labels = np.concatenate([per_image[i][2] for i in ids]) if ids else np.zeros(0, dtype=np.int64)
-    polygons = box_to_polygon(torch.from_numpy(boxes).double()).numpy()
-    return {name: Detections(image_ids[labels == c], scores[labels == c], polygons[labels == c])
-            for c, name in enumerate(classes)}
 
 
 def _is_patch_name(name: str) -> bool:
@@ -408,5 +252,4 @@ def _metrics(result: MapResult) -> Dict[str, float]:
     return out
 
 
-__all__ = ["DetFinetuneConfig", "DetDataConfig", "DetModelConfig", "DetRPNConfig", "DetRoIConfig",
-           "DetectionTask", "predict", "to_task1"]
+__all__ = ["DetFinetuneConfig", "DetDataConfig", "DetectionTask"]

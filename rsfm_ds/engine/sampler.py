@@ -4,8 +4,8 @@ Every rank gets the same number of full batches per epoch (collectives would oth
 rank that has run out), drawn from one permutation that is a function of ``(seed, epoch)`` alone;
 rank ``r`` takes every ``world``-th batch of it. Resuming mid-epoch skips the batches already
 consumed without touching the data. The permutation is extended by wrapping around when the
-dataset is smaller than one global batch, so tiny fine-tuning subsets (1% of a dataset) still
-train.
+dataset is smaller than the epoch's batches (at least ``min_batches``: one optimizer step's
+accumulation), so tiny fine-tuning subsets (1% of a dataset) still train.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Iterator, List
 
 import torch
 from torch.utils.data import Sampler
+
+from ..errors import DataError
 
 
 class DistributedBatchSampler(Sampler[List[int]]):
@@ -24,6 +26,8 @@ class DistributedBatchSampler(Sampler[List[int]]):
         rank: this rank; world_size: number of ranks.
         seed: permutation seed (same on every rank).
         shuffle: permute (training) or keep order (evaluation).
+        min_batches: with ``drop_last``, the fewest batches an epoch has (the micro-batches of one
+            optimizer step), wrapping around a dataset too small to fill them.
         drop_last: full batches only (training). Without it (evaluation) every sample appears
             exactly once over all ranks, and the last global batch is filled up with indices
             ``>= dataset_len``: padding, which the dataset wraps (:class:`PaddedDataset`) and the
@@ -32,12 +36,12 @@ class DistributedBatchSampler(Sampler[List[int]]):
     """
 
     def __init__(self, dataset_len: int, batch_size: int, rank: int, world_size: int, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = True):
+                 shuffle: bool = True, drop_last: bool = True, min_batches: int = 1):
         if dataset_len <= 0:
-            raise ValueError("the dataset is empty")
+            raise DataError("the dataset is empty")
         self.dataset_len, self.batch_size = dataset_len, batch_size
         self.rank, self.world_size = rank, world_size
-        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.seed, self.shuffle, self.drop_last, self.min_batches = seed, shuffle, drop_last, min_batches
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -53,7 +57,7 @@ class DistributedBatchSampler(Sampler[List[int]]):
     def batches_per_epoch(self) -> int:
         global_batch = self.batch_size * self.world_size
         if self.drop_last:
-            return max(1, self.dataset_len // global_batch)
+            return max(self.min_batches, self.dataset_len // global_batch)
         return -(-self.dataset_len // global_batch)
 
     def __len__(self) -> int:

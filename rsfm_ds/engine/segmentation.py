@@ -11,32 +11,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from ..config import check
-from ..data.loveda import LOVEDA_CLASSES, loveda_pairs
-from ..data.potsdam import class_names as potsdam_class_names
-from ..data.seg_dataset import SegDataset, mmseg_pairs
+from ..data.seg.loveda import LOVEDA_CLASSES, loveda_pairs
+from ..data.seg.dataset import SegDataset, mmseg_pairs
+from ..data.seg.potsdam import class_names as potsdam_class_names
 from ..evaluation.seg_metrics import SegMetric, metrics_from_confusion
+from ..evaluation.segmentation_results import write_index_png
 from ..evaluation.sliding_window import sliding_window_inference
-from ..models.heads.upernet import UperNet
-from ..models.vitdet import ViTDetBackbone, create_vitdet
+from ..models.heads import SegmentationModel, UperNetConfig
 from .config import FinetuneConfig, ScheduleConfig
-from .finetune import FinetuneTask
-
-DATASETS = ("potsdam", "loveda", "mmseg")
+from .task import FinetuneTask
 
 
 @dataclass
 class SegDataConfig:
     """Where the segmentation data is and how it is read."""
 
-    dataset: str = "potsdam"
+    dataset: Literal["potsdam", "loveda", "mmseg"] = "potsdam"
     """potsdam (the output of rsfm potsdam prepare), loveda (the raw LoveDA tree) or mmseg (any
     img_dir/ann_dir layout with index PNGs)."""
     root: str = "data/potsdam_prepared"
@@ -65,7 +62,6 @@ class SegDataConfig:
     """Write index PNGs of the final evaluation to run_dir/eval/step_*/pred."""
 
     def __post_init__(self):
-        check(self.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, got {self.dataset!r}")
         check(self.num_classes > 1, "num_classes", f"must be > 1, got {self.num_classes}")
         check(0 <= self.ignore_index <= 255, "ignore_index", f"must be in 0..255, got {self.ignore_index}")
         check(self.crop_size % 32 == 0, "crop_size", f"must be a multiple of 32, got {self.crop_size}")
@@ -74,27 +70,6 @@ class SegDataConfig:
         check(0 < self.fraction <= 1, "fraction", f"must be in (0, 1], got {self.fraction}")
         check(self.class_names is None or len(self.class_names) == self.num_classes, "class_names",
               f"needs num_classes={self.num_classes} names")
-
-
-@dataclass
-class UperNetConfig:
-    """The UperNet decode head and its auxiliary FCN head."""
-
-    channels: int = 512
-    """UperNet width."""
-    aux_weight: float = 0.4
-    """Weight of the auxiliary FCN loss (0 disables the auxiliary head)."""
-    aux_channels: int = 256
-    """Auxiliary head width."""
-    dropout: float = 0.1
-    """Dropout before the classifiers."""
-    norm: str = "bn"
-    """bn (BatchNorm, statistics per rank) or gn (GroupNorm, batch-size independent)."""
-
-    def __post_init__(self):
-        check(self.channels > 0, "channels", f"must be positive, got {self.channels}")
-        check(self.aux_weight >= 0, "aux_weight", f"must be >= 0, got {self.aux_weight}")
-        check(self.norm in ("bn", "gn"), "norm", f"must be bn or gn, got {self.norm!r}")
 
 
 @dataclass
@@ -114,32 +89,6 @@ class SegFinetuneConfig(FinetuneConfig):
               f"{self.data.crop_size} differs from backbone.img_size {self.backbone.img_size}")
 
 
-class SegmentationModel(nn.Module):
-    """ViTDet backbone + UperNet. Training: ``forward(batch)`` -> loss dict; ``logits(images)``
-    -> ``[B, K, H, W]`` at input resolution."""
-
-    def __init__(self, backbone: ViTDetBackbone, head: UperNet):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def init_module(self, m: nn.Module) -> None:
-        """Per-module initialisation for ZeRO-3 builds: backbone rules inside the backbone; the
-        head's layers keep PyTorch's defaults, re-applied here."""
-        if any(m is b for b in self.backbone.modules()):
-            self.backbone.init_module(m)
-        elif hasattr(m, "reset_parameters") and m is not self:
-            m.reset_parameters()
-
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head.predict(self.backbone(images), images.shape[-2:])
-
-    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        losses = self.head.loss(self.backbone(batch["image"]), batch["label"])
-        losses["loss"] = sum(losses.values())
-        return losses
-
-
 class SegmentationTask(FinetuneTask):
     """The segmentation task for :func:`rsfm_ds.engine.finetune.finetune`."""
 
@@ -157,15 +106,8 @@ class SegmentationTask(FinetuneTask):
         return tuple(f"class_{i}" for i in range(d.num_classes))
 
     def build_model(self) -> nn.Module:
-        b, h = self.cfg.backbone, self.cfg.head
-        backbone = create_vitdet(b.preset, img_size=b.img_size, window_size=b.window_size,
-                                 global_attn_indexes=b.global_attn_indexes, drop_path_rate=b.drop_path_rate,
-                                 out_channels=b.out_channels, use_rel_pos=b.use_rel_pos)
-        head = UperNet(self.cfg.data.num_classes, in_channels=b.out_channels, channels=h.channels,
-                       aux_key="p4" if h.aux_weight > 0 else None, aux_channels=h.aux_channels,
-                       aux_weight=h.aux_weight, dropout=h.dropout, norm=h.norm,
-                       ignore_index=self.cfg.data.ignore_index)
-        return SegmentationModel(backbone, head)
+        return SegmentationModel.build(self.cfg.backbone, self.cfg.data.num_classes, self.cfg.head,
+                                       self.cfg.data.ignore_index)
 
     def _pairs(self, split: str):
         d = self.cfg.data
@@ -210,7 +152,7 @@ class SegmentationTask(FinetuneTask):
                     continue
                 metric.update(pred, label, source=name)
                 if d.save_predictions:
-                    _write_index_png(out_dir / "pred" / name, pred)
+                    write_index_png(out_dir / "pred" / name, pred.numpy())
         conf = metric.conf.clone().to(device)
         if dist.is_initialized():
             dist.all_reduce(conf)
@@ -219,10 +161,3 @@ class SegmentationTask(FinetuneTask):
         flat = {k: v for k, v in report.items() if isinstance(v, (int, float))}
         flat.update({f"IoU/{k}": v for k, v in report.get("IoU", {}).items() if v is not None})
         return flat
-
-
-def _write_index_png(path: Path, pred: torch.Tensor) -> None:
-    import cv2
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path.with_suffix(".png")), pred.numpy().astype(np.uint8))

@@ -1,10 +1,10 @@
 """Rotated-box mean average precision: DOTA devkit Task 1 semantics, mmrotate's variant, DIOR-R.
 
 Why our own: the DOTA devkit needs a compiled ``polyiou`` extension and loops in Python over
-boxes; mmrotate's ``eval_rbbox_map`` needs mmcv's compiled ops (reference.md section 4). This
+boxes; mmrotate's ``eval_rbbox_map`` needs mmcv's compiled ops (docs/rotated_ops.md). This
 module computes the same numbers with the exact polygon IoU of :mod:`rsfm_ds.ops.rotated`.
 
-Per class (reference.md section 3; the defaults are the devkit's):
+Per class (docs/detection_data.md, ``rsfm eval det``; the defaults are the devkit's):
 
 1. ``npos`` = number of ground-truth objects that are not difficult (all of them when
    ``ignore_difficult=False``, as mmrotate's DOTA loader keeps difficult objects).
@@ -39,8 +39,9 @@ from typing import Dict, Mapping, Optional, Protocol, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..data.dior import DIOR_CLASSES, load_dior_annotations
-from ..data.dota import DOTA_CLASS_LISTS, Detections, load_dota_labels, read_task1_dir
+from ..errors import ConfigError, DataError
+from ..data.det.dior import DIOR_CLASSES, load_dior_annotations
+from ..data.det.dota import DOTA_CLASS_LISTS, Detections, load_dota_labels, read_task1_dir
 from ..ops.rotated import polygon_iou
 
 PathLike = Union[str, Path]
@@ -70,9 +71,9 @@ class MapProtocol:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.iou_thr <= 1.0:
-            raise ValueError(f"iou_thr: must be in [0, 1], got {self.iou_thr}")
+            raise ConfigError(f"iou_thr: must be in [0, 1], got {self.iou_thr}")
         if self.metric not in METRICS:
-            raise ValueError(f"metric: expected one of {', '.join(METRICS)}, got {self.metric!r}")
+            raise ConfigError(f"metric: expected one of {', '.join(METRICS)}, got {self.metric!r}")
 
     def describe(self) -> str:
         """One line, e.g. ``IoU > 0.5, difficult ignored, voc07 AP``."""
@@ -151,7 +152,7 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, metric: str = "
         mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # precision envelope
         step = np.flatnonzero(mrec[1:] != mrec[:-1])
         return float(np.sum((mrec[step + 1] - mrec[step]) * mpre[step + 1]))
-    raise ValueError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
+    raise ConfigError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
 
 
 def rank(scores: np.ndarray) -> np.ndarray:
@@ -203,7 +204,7 @@ def evaluate_class(dets: Detections, gts: Mapping[str, Tuple[np.ndarray, np.ndar
     """
     missing = sorted(set(map(str, np.unique(dets.image_ids))) - set(gts))
     if missing:
-        raise ValueError(f"detections name {len(missing)} image(s) without ground truth, e.g. "
+        raise DataError(f"detections name {len(missing)} image(s) without ground truth, e.g. "
                        f"{', '.join(repr(m) for m in missing[:5])}")
     difficult_all = [np.asarray(d, dtype=bool) for _, d in gts.values()]
     num_objects = sum(len(d) for d in difficult_all)
@@ -247,7 +248,7 @@ def evaluate_rotated_map(detections: Mapping[str, Detections], ground_truth: Map
     """
     unknown = sorted(set(detections) - set(classes))
     if unknown:
-        raise ValueError(f"detections for unknown class(es) {', '.join(map(repr, unknown))}")
+        raise DataError(f"detections for unknown class(es) {', '.join(map(repr, unknown))}")
     per_class: Dict[str, ClassResult] = {}
     for c, name in enumerate(classes):
         gts = {}
@@ -257,7 +258,7 @@ def evaluate_rotated_map(detections: Mapping[str, Detections], ground_truth: Map
         try:
             per_class[name] = evaluate_class(detections.get(name, Detections()), gts, protocol)
         except ValueError as e:
-            raise ValueError(f"class {name!r}: {e}") from None
+            raise DataError(f"class {name!r}: {e}") from None
     aps = np.array([r.ap for r in per_class.values()], dtype=np.float64)
     m_ap = float(np.mean(aps[~np.isnan(aps)])) if (~np.isnan(aps)).any() else math.nan
     return MapResult(mAP=m_ap, per_class=per_class, protocol=protocol)
@@ -269,7 +270,7 @@ def class_list(dataset: str) -> Tuple[str, ...]:
         return DIOR_CLASSES
     if dataset in DOTA_CLASS_LISTS:
         return DOTA_CLASS_LISTS[dataset]
-    raise ValueError(f"dataset: expected one of {', '.join(DATASETS)}, got {dataset!r}")
+    raise ConfigError(f"dataset: expected one of {', '.join(DATASETS)}, got {dataset!r}")
 
 
 def load_ground_truth(labels: PathLike, dataset: str = "dota2",
@@ -298,7 +299,7 @@ def load_ground_truth(labels: PathLike, dataset: str = "dota2",
         return dict(found)
     missing = [i for i in image_ids if i not in found]
     if missing:
-        raise FileNotFoundError(f"{folder}: no label file for {len(missing)} listed image(s), e.g. "
+        raise DataError(f"{folder}: no label file for {len(missing)} listed image(s), e.g. "
                                 f"{', '.join(missing[:5])}")
     return {i: found[i] for i in image_ids}
 

@@ -1,4 +1,4 @@
-"""Semantic-segmentation metrics with the semantics of mmseg's ``IoUMetric`` (reference.md section 3).
+"""Semantic-segmentation metrics with the semantics of mmseg's ``IoUMetric`` (docs/segmentation_data.md).
 
 Areas are summed over the whole dataset, not averaged per image: a confusion matrix
 ``conf[label, pred]`` (``int64 [K, K]``) is accumulated with one ``torch.bincount`` of
@@ -17,7 +17,7 @@ and are kept for comparability with published mmseg numbers: a class absent from
 present in the labels but never predicted (P = 0) has IoU 0 and, because its precision is 0/0,
 F1 NaN as well. On a full test set every class is present and predicted, so neither occurs.
 
-``reduce_zero_label`` (:func:`apply_reduce_zero_label`) is mmseg's rule for datasets whose label 0
+``reduce_zero_label`` (:func:`~rsfm_ds.data.seg.labels.apply_reduce_zero_label`) is mmseg's rule for datasets whose label 0
 means "no data" (LoveDA): label 0 becomes the ignore index and every other label ``v`` becomes
 ``v - 1``. It applies to labels, never to predictions, which are already in the reduced class space.
 """
@@ -26,23 +26,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, TypeVar, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-ArrayLike = TypeVar("ArrayLike", np.ndarray, torch.Tensor)
-
-
-def apply_reduce_zero_label(label: ArrayLike, ignore_index: int = 255) -> ArrayLike:
-    """mmseg's reduce-zero-label: ``0 -> ignore_index``, ``ignore_index`` stays, ``v -> v - 1``.
-
-    Works on numpy arrays and torch tensors of any integer dtype and shape; returns a new array of
-    the same type and dtype.
-    """
-    out = label - 1
-    out[(label == 0) | (label == ignore_index)] = ignore_index
-    return out
+from ..errors import ConfigError, DataError
+from ..data.seg.labels import apply_reduce_zero_label, read_index_png
 
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
@@ -65,7 +55,7 @@ def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
     """
     where = f" in {source}" if source else ""
     if pred.shape != label.shape:
-        raise ValueError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(label.shape)}{where}")
+        raise DataError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(label.shape)}{where}")
     label = label.long()
     pred = pred.long()
     if reduce_zero_label:
@@ -74,11 +64,11 @@ def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
     label, pred = label[keep], pred[keep]
     bad_label = (label < 0) | (label >= num_classes)
     if bool(bad_label.any()):
-        raise ValueError(f"label value {int(label[bad_label][0])} outside [0, {num_classes}) and not the "
+        raise DataError(f"label value {int(label[bad_label][0])} outside [0, {num_classes}) and not the "
                          f"ignore index {ignore_index}{where}")
     bad_pred = (pred < 0) | (pred >= num_classes)
     if bool(bad_pred.any()):
-        raise ValueError(f"prediction value {int(pred[bad_pred][0])} outside [0, {num_classes}){where}")
+        raise DataError(f"prediction value {int(pred[bad_pred][0])} outside [0, {num_classes}){where}")
     counts = torch.bincount(label * num_classes + pred, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
 
@@ -161,9 +151,9 @@ class SegMetric:
     def __init__(self, num_classes: int, ignore_index: int = 255, reduce_zero_label: bool = False,
                  class_names: Optional[Sequence[str]] = None):
         if num_classes < 1:
-            raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
+            raise ConfigError(f"num_classes: must be >= 1, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names: {len(class_names)} names for num_classes={num_classes}")
+            raise ConfigError(f"class_names: {len(class_names)} names for num_classes={num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.reduce_zero_label = reduce_zero_label
@@ -183,17 +173,6 @@ class SegMetric:
         return metrics_from_confusion(self.conf, self.class_names)
 
 
-def _read_index_png(path: Path) -> np.ndarray:
-    import mmcv
-
-    img = mmcv.imread(str(path), flag="unchanged")
-    if img is None:
-        raise ValueError(f"{path}: not a readable image")
-    if img.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel index PNG, got shape {img.shape}")
-    return img
-
-
 def evaluate_dirs(pred_dir: Union[str, Path], label_dir: Union[str, Path], num_classes: int,
                   ignore_index: int = 255, reduce_zero_label: bool = False,
                   class_names: Optional[Sequence[str]] = None) -> SegResult:
@@ -209,19 +188,19 @@ def evaluate_dirs(pred_dir: Union[str, Path], label_dir: Union[str, Path], num_c
     pred_dir, label_dir = Path(pred_dir), Path(label_dir)
     for d, what in ((pred_dir, "prediction"), (label_dir, "label")):
         if not d.is_dir():
-            raise FileNotFoundError(f"{what} directory {d} does not exist")
+            raise DataError(f"{what} directory {d} does not exist")
     labels = sorted(label_dir.glob("*.png"))
     if not labels:
-        raise FileNotFoundError(f"no *.png label files in {label_dir}")
+        raise DataError(f"no *.png label files in {label_dir}")
     missing = [p.name for p in labels if not (pred_dir / p.name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(labels)} predictions missing in {pred_dir}: "
+        raise DataError(f"{len(missing)} of {len(labels)} predictions missing in {pred_dir}: "
                                 f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
     metric = SegMetric(num_classes, ignore_index, reduce_zero_label, class_names)
     for label_path in labels:
         pred_path = pred_dir / label_path.name
-        pred = torch.from_numpy(_read_index_png(pred_path).astype(np.int64))
-        label = torch.from_numpy(_read_index_png(label_path).astype(np.int64))
+        pred = torch.from_numpy(read_index_png(pred_path).astype(np.int64))
+        label = torch.from_numpy(read_index_png(label_path).astype(np.int64))
         metric.update(pred, label, source=f"{pred_path} / {label_path}")
     return metric.compute()
 

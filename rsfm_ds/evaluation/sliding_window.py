@@ -1,7 +1,7 @@
-"""Sliding-window inference, as mmseg's ``slide_inference`` (reference.md section 3).
+"""Sliding-window inference, as mmseg's ``slide_inference`` (docs/segmentation_data.md).
 
 Windows of ``crop`` pixels are placed every ``stride`` pixels along each axis; the last window is
-clamped to end at the border, so the image is covered without padding (:func:`window_starts`, the
+clamped to end at the border, so the image is covered without padding (:func:`~rsfm_ds.data.tiling.window_starts`, the
 same grid ``rsfm potsdam prepare`` cuts tiles with). Each window's logits are added into a
 full-size buffer and divided by a count map of how many windows covered each pixel, i.e. logits
 (not probabilities) are averaged where windows overlap. An image smaller than the crop is padded
@@ -14,11 +14,12 @@ flips the logits back and averages them with the plain view, before window avera
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, List, Sequence, Tuple, Union
+from typing import Callable, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+
+from ..data.tiling import window_starts
 
 Pair = Union[int, Tuple[int, int]]
 
@@ -30,26 +31,6 @@ def _pair(v: Pair, name: str) -> Tuple[int, int]:
     if h < 1 or w < 1:
         raise ValueError(f"{name}: must be >= 1, got {v}")
     return int(h), int(w)
-
-
-def window_starts(length: int, crop: int, stride: int) -> List[int]:
-    """Start offsets of windows of size ``crop`` every ``stride`` along an axis of ``length`` pixels.
-
-    ``0, stride, 2 * stride, ...``; the last window is clamped to ``length - crop`` so it ends at
-    the border. ``ceil((length - crop) / stride) + 1`` windows when ``length > crop``, else one
-    window at 0 (larger than the axis: the caller pads). E.g. 6000 px, crop 512, stride 256: 23.
-
-    Raises:
-        ValueError: ``crop`` or ``stride`` < 1, or ``stride > crop`` (windows would leave gaps).
-    """
-    if crop < 1 or stride < 1:
-        raise ValueError(f"crop and stride must be >= 1, got crop={crop}, stride={stride}")
-    if stride > crop:
-        raise ValueError(f"stride {stride} > crop {crop}: windows would leave pixels uncovered")
-    if length <= crop:
-        return [0]
-    n = math.ceil((length - crop) / stride) + 1
-    return [min(i * stride, length - crop) for i in range(n)]
 
 
 def _run_views(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, num_classes: int,

@@ -1,4 +1,4 @@
-"""Pure-PyTorch models: no DeepSpeed, data or engine imports here (design.md)."""
+"""Pure-PyTorch models: no DeepSpeed, data or engine imports here (docs/architecture.md)."""
 from .mae import MaskedAutoencoder, create_mae
 from .presets import PRESETS, count_trainable, create_vit, get_preset
 from .vit import VisionTransformer

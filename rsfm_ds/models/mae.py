@@ -8,12 +8,14 @@ optionally against per-patch normalised pixels (``norm_pix_loss``), and is retur
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from .presets import get_preset
+from ..config import check
+from .presets import PRESETS, get_preset
 from .vit import Block, VisionTransformer, sincos_pos_embed_2d
 
 
@@ -166,6 +168,43 @@ class MaskedAutoencoder(nn.Module):
         return loss, pred, mask
 
 
+@dataclass
+class MAEConfig:
+    """The MAE model being pretrained."""
+
+    preset: str = "debug"
+    """Backbone preset (rsfm models lists them)."""
+    img_size: int = 224
+    """Input side in pixels; must match data.img_size."""
+    mask_ratio: float = 0.75
+    """Fraction of patches removed per sample."""
+    norm_pix_loss: bool = True
+    """Regress per-patch normalised pixels."""
+    drop_path_rate: float = 0.0
+    """Stochastic depth at the last encoder block (MAE pretraining uses none)."""
+    decoder: Optional[Tuple[int, int, int]] = None
+    """MAE decoder (width, depth, heads); null takes the preset's."""
+    fused_attn: bool = True
+    """scaled_dot_product_attention kernels (flash / memory-efficient on GPU)."""
+
+    def __post_init__(self):
+        check(self.preset in PRESETS, "preset", f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
+        patch = PRESETS[self.preset].patch_size
+        check(self.img_size > 0 and self.img_size % patch == 0, "img_size",
+              f"must be a positive multiple of the patch size {patch}, got {self.img_size}")
+        check(0.0 < self.mask_ratio < 1.0, "mask_ratio", f"must be in (0, 1), got {self.mask_ratio}")
+        check(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
+
+    def build(self) -> "MaskedAutoencoder":
+        return create_mae(self.preset, img_size=self.img_size, norm_pix_loss=self.norm_pix_loss,
+                          mask_ratio=self.mask_ratio, drop_path_rate=self.drop_path_rate, fused_attn=self.fused_attn,
+                          decoder=self.decoder)
+
+    def train_flops(self) -> int:
+        """Model FLOPs of one training sample (:func:`mae_train_flops`)."""
+        return mae_train_flops(self.preset, self.img_size, self.mask_ratio, self.decoder)
+
+
 def create_mae(preset: str, img_size: int = 224, norm_pix_loss: bool = True,
                mask_ratio: float = 0.75, drop_path_rate: float = 0.0, fused_attn: bool = True,
                decoder: Optional[Tuple[int, int, int]] = None) -> MaskedAutoencoder:
@@ -197,5 +236,5 @@ def mae_train_flops(preset: str, img_size: int = 224, mask_ratio: float = 0.75,
     return 3 * (encoder_flops(preset, img_size, keep_ratio=1 - mask_ratio) + dec)
 
 
-__all__ = ["MaskedAutoencoder", "create_mae", "patchify", "unpatchify", "random_masking",
+__all__ = ["MAEConfig", "MaskedAutoencoder", "create_mae", "patchify", "unpatchify", "random_masking",
            "mae_train_flops"]

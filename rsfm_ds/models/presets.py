@@ -1,6 +1,6 @@
 """The one registry of backbone presets, their parameter counts and FLOPs.
 
-Presets follow reference.md §1: depth stays at 12 while width, MLP size, heads and the number of
+Presets follow the paper (docs/models.md): depth stays at 12 while width, MLP size, heads and the number of
 parallel branches grow. Parameter counts exclude the fixed sin-cos position table (a buffer) and
 use no qkv bias; with those rules ``vit_l12x4`` has exactly 605,261,824 parameters, which pins the
 family down. ``vit_1b3`` and ``vit_2b4`` widths are reconstructed from the published totals.

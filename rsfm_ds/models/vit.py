@@ -227,7 +227,7 @@ class VisionTransformer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True, use_reentrant: bool = False) -> None:
         """Recompute each block in the backward pass instead of storing its activations.
 
-        ``use_reentrant=True`` is needed with frozen parameters under ZeRO-3 (reference.md §5).
+        ``use_reentrant=True`` is needed with frozen parameters under ZeRO-3 (docs/deepspeed.md).
         """
         self.grad_checkpointing = enable
         self.checkpoint_use_reentrant = use_reentrant

@@ -26,20 +26,8 @@ The class token of the pretrained encoder is dropped (windows have no place for 
 encoder ``norm`` is kept and applied before the pyramid, as RVSA / MTP do for MAE backbones
 (detectron2's ViTDet drops it); the pyramid's own norms follow.
 
-Key mapping from a pretrained encoder (see :func:`load_pretrained_encoder`):
-
-=====================================  ==========================================================
-pretrained key                         backbone key
-=====================================  ==========================================================
-``patch_embed.proj.{weight,bias}``     same
-``blocks.{i}.*`` (plain or parallel)   same (window and global blocks share the layout)
-``norm.{weight,bias}``                 same
-``cls_token``, ``pos_embed``           dropped (no class token; the table is recomputed)
-``head.*``                             dropped
-MAE: ``encoder.<key>``                 ``<key>`` as above
-MAE: ``decoder_*``, ``mask_token``     dropped
-(none)                                 ``pyramid.*``, ``blocks.{i}.*.rel_pos_{h,w}``: new
-=====================================  ==========================================================
+Pretrained weights are loaded by :func:`rsfm_ds.checkpoint.loading.load_backbone` (its module
+docstring has the key mapping); :func:`new_parameter_names` lists what no pretrained encoder has.
 
 timm's ``vision_transformer_sam.py`` and detectron2's ViTDet were the references; the window and
 relative-position code is written here because timm's version is tied to its own SAM blocks and
@@ -49,8 +37,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 from functools import partial
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -58,7 +47,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d, PatchEmbed
 
-from .presets import get_preset
+from ..config import check
+from .presets import PRESETS, get_preset
 from .vit import Attention, VisionTransformer, make_block, sincos_pos_embed_2d
 
 
@@ -413,6 +403,43 @@ class ViTDetBackbone(nn.Module):
         return self.pyramid(self.forward_tokens(x).permute(0, 3, 1, 2))
 
 
+@dataclass
+class ViTDetConfig:
+    """The ViTDet backbone of a fine-tuning run."""
+
+    preset: str = "debug"
+    """Backbone preset (rsfm models lists them)."""
+    img_size: int = 512
+    """Training input side in pixels."""
+    window_size: int = 14
+    """Window side in tokens for the non-global blocks (7 in the RVSA/MTP recipes)."""
+    global_attn_indexes: Optional[Tuple[int, ...]] = None
+    """Blocks with global attention; null takes the preset's (the last block of each quarter)."""
+    drop_path_rate: float = 0.1
+    """Stochastic depth at the last block."""
+    use_rel_pos: bool = False
+    """Decomposed relative position bias (new, zero-initialised parameters)."""
+    out_channels: int = 256
+    """Width of every pyramid level."""
+
+    def __post_init__(self):
+        check(self.preset in PRESETS, "preset", f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
+        check(self.img_size > 0 and self.img_size % 32 == 0, "img_size",
+              f"must be a positive multiple of 32 (the coarsest pyramid stride), got {self.img_size}")
+        check(self.window_size > 0, "window_size", f"must be positive, got {self.window_size}")
+        depth = PRESETS[self.preset].depth
+        if self.global_attn_indexes is not None:
+            check(all(0 <= i < depth for i in self.global_attn_indexes), "global_attn_indexes",
+                  f"must be block indexes in [0, {depth}), got {self.global_attn_indexes}")
+        check(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
+
+    def build(self, extra_p6: bool = False) -> "ViTDetBackbone":
+        """The backbone; ``extra_p6`` adds the stride-64 level (detection)."""
+        return create_vitdet(self.preset, self.img_size, window_size=self.window_size,
+                             global_attn_indexes=self.global_attn_indexes, drop_path_rate=self.drop_path_rate,
+                             out_channels=self.out_channels, use_rel_pos=self.use_rel_pos, extra_p6=extra_p6)
+
+
 def create_vitdet(preset: str, img_size: int, window_size: int = 14,
                   global_attn_indexes: Optional[Sequence[int]] = None, drop_path_rate: float = 0.1,
                   out_channels: int = 256, use_rel_pos: bool = False, extra_p6: bool = False,
@@ -441,86 +468,12 @@ def create_vitdet(preset: str, img_size: int, window_size: int = 14,
     return ViTDetBackbone(**kwargs)
 
 
-# Keys of a pretrained encoder with no counterpart in the backbone, by design.
-_DROPPED_KEYS = ("cls_token", "pos_embed")
-_DROPPED_PREFIXES = ("head.",)
-
-
-class LoadReport(NamedTuple):
-    """Outcome of :func:`load_pretrained_encoder`.
-
-    Attributes:
-        missing_keys: backbone keys the state dict did not provide (kept at their initialisation).
-        unexpected_keys: state-dict keys (after mapping) the backbone has no place for.
-        dropped_keys: source keys ignored by design (class token, position table, classifier
-            head, MAE decoder and mask token), under their original names.
-    """
-
-    missing_keys: List[str]
-    unexpected_keys: List[str]
-    dropped_keys: List[str]
-
-
-def map_pretrained_keys(state_dict: Mapping[str, torch.Tensor]
-                        ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Map an encoder or MAE state dict to backbone keys (the table in the module docstring).
-
-    A state dict with any ``encoder.``-prefixed key is read as a :class:`MaskedAutoencoder`'s: its
-    ``encoder.`` keys are kept without the prefix and every other key (decoder, mask token) is
-    dropped. Returns ``(mapped, dropped)``, ``dropped`` under the source names. Pure, so the engine
-    can load the mapped tensors module by module (e.g. gathered under ZeRO-3).
-    """
-    is_mae = any(k.startswith("encoder.") for k in state_dict)
-    mapped: Dict[str, torch.Tensor] = {}
-    dropped: List[str] = []
-    for key, value in state_dict.items():
-        local = key
-        if is_mae:
-            if not key.startswith("encoder."):
-                dropped.append(key)
-                continue
-            local = key[len("encoder."):]
-        if local in _DROPPED_KEYS or local.startswith(_DROPPED_PREFIXES):
-            dropped.append(key)
-            continue
-        mapped[local] = value
-    return mapped, dropped
-
-
 def new_parameter_names(model: ViTDetBackbone) -> List[str]:
     """Backbone keys no pretrained encoder has: the pyramid and relative-position tables."""
     return [k for k in model.state_dict() if k.startswith("pyramid.") or ".rel_pos_" in k]
 
 
-def load_pretrained_encoder(model: ViTDetBackbone, state_dict: Mapping[str, torch.Tensor],
-                            strict: bool = True) -> LoadReport:
-    """Load pretrained encoder (or MAE) weights into a ViTDet backbone.
-
-    Args:
-        model: the backbone (unpartitioned; under ZeRO-3 gather per module and load
-            :func:`map_pretrained_keys`'s output instead).
-        state_dict: a :class:`VisionTransformer` / converted backbone state dict, or a
-            :class:`MaskedAutoencoder` one.
-        strict: raise if a key is unexpected or if a backbone key other than
-            :func:`new_parameter_names` is missing (shape mismatches always raise).
-
-    Returns:
-        A :class:`LoadReport`; ``missing_keys`` normally equals :func:`new_parameter_names`.
-    """
-    mapped, dropped = map_pretrained_keys(state_dict)
-    result = model.load_state_dict(mapped, strict=False)
-    report = LoadReport(sorted(result.missing_keys), sorted(result.unexpected_keys),
-                        sorted(dropped))
-    if strict:
-        new = set(new_parameter_names(model))
-        lacking = [k for k in report.missing_keys if k not in new]
-        if report.unexpected_keys or lacking:
-            raise ValueError(f"pretrained weights do not fit the backbone: unexpected keys "
-                             f"{report.unexpected_keys}, missing pretrained keys {lacking}")
-    return report
-
-
-__all__ = ["ViTDetAttention", "ViTDetBackbone", "SimpleFeaturePyramid", "ScaleBlock", "LoadReport",
-           "create_vitdet", "load_pretrained_encoder", "map_pretrained_keys", "new_parameter_names",
+__all__ = ["ViTDetConfig", "ViTDetAttention", "ViTDetBackbone", "SimpleFeaturePyramid", "ScaleBlock",
+           "create_vitdet", "new_parameter_names",
            "window_partition", "window_unpartition", "decomposed_rel_pos_bias",
            "relative_position_table"]

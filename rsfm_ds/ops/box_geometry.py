@@ -15,7 +15,7 @@ four parameterisations (swap w/h with a quarter turn, add half turns); le90 pick
 squares, whose theta is only defined modulo pi/2.
 
 ``polygon_to_box`` computes the minimum-area enclosing rectangle in torch rather than with
-``cv2.minAreaRect``, whose angle range changed between OpenCV 4 and 5 (reference.md section 4).
+``cv2.minAreaRect``, whose angle range changed between OpenCV 4 and 5 (docs/rotated_ops.md).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Box coders of Oriented R-CNN (Xie et al., ICCV 2021), following mmrotate's.
 
 Why our own: mmrotate's coders import mmdet/mmcv, which do not install against torch 2.14
-(reference.md section 4). Formulas and defaults follow mmrotate's ``MidpointOffsetCoder`` (RPN)
+(docs/rotated_ops.md). Formulas and defaults follow mmrotate's ``MidpointOffsetCoder`` (RPN)
 and ``DeltaXYWHTRBBoxCoder`` (``DeltaXYWHAOBBoxCoder`` in 0.x) with the options its le90
 Oriented R-CNN config sets (``edge_swap=True, proj_xy=True``); the default target stds are
 that config's. Boxes follow ``box_geometry``'s convention; decoded boxes are le90.

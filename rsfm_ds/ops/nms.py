@@ -1,7 +1,7 @@
 """Greedy non-maximum suppression of rotated boxes, exact and vectorised.
 
-Why our own: mmcv's compiled ``nms_rotated`` does not build against torch 2.14 (reference.md
-section 4) and torchvision's NMS is horizontal only.
+Why our own: mmcv's compiled ``nms_rotated`` does not build against torch 2.14
+(docs/rotated_ops.md) and torchvision's NMS is horizontal only.
 
 Greedy NMS visits boxes by decreasing score (equal scores by original index) and keeps a box
 unless an already kept box overlaps it with IoU > ``iou_threshold``. Here the boxes are sorted

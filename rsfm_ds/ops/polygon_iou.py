@@ -1,7 +1,7 @@
 """Exact IoU of convex quadrilaterals and rotated boxes, vectorised over pairs.
 
 Why our own: mmcv's compiled ``box_iou_rotated`` does not build against torch 2.14 headers and
-mmrotate caps mmcv below 2.2 (reference.md section 4); Gaussian approximations are not
+mmrotate caps mmcv below 2.2 (docs/rotated_ops.md); Gaussian approximations are not
 acceptable for matching or evaluation. Everything here is plain torch, so the same code runs on
 CPU and CUDA.
 

@@ -1,7 +1,7 @@
 """RoIAlignRotated in plain torch, with mmcv's semantics.
 
-Why our own: mmcv's compiled ``RoIAlignRotated`` does not build against torch 2.14 (reference.md
-section 4); torchvision's ``roi_align`` is axis-aligned only.
+Why our own: mmcv's compiled ``RoIAlignRotated`` does not build against torch 2.14
+(docs/rotated_ops.md); torchvision's ``roi_align`` is axis-aligned only.
 
 Semantics (mmcv ``roi_align_rotated``): a RoI ``(batch_idx, cx, cy, w, h, theta)`` is scaled by
 ``spatial_scale`` (minus 0.5 on the centre when ``aligned``) and split into ``oh x ow`` bins; each

@@ -1,7 +1,7 @@
 """Rotated-box operations: the public interface.
 
 Rotated ops are ours, in plain torch, because mmcv's compiled ops do not build against torch
-2.14 headers and mmrotate caps mmcv below 2.2 (reference.md section 4). The same code runs on
+2.14 headers and mmrotate caps mmcv below 2.2 (docs/rotated_ops.md). The same code runs on
 CPU and CUDA, vectorised over boxes and pairs, and is exact: IoU by polygon clipping (not a
 Gaussian approximation), NMS equal to sequential greedy NMS.
 

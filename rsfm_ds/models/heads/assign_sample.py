@@ -1,8 +1,8 @@
 """Max-IoU assignment and random sampling of training examples (mmdet's ``MaxIoUAssigner`` and
 ``RandomSampler``), vectorised over boxes.
 
-Why our own: mmdet's versions import mmcv, which does not install against torch 2.14 (reference.md
-section 4); both are short. Both the RPN (anchors vs. the horizontal bounds of the rotated ground
+Why our own: mmdet's versions import mmcv, whose compiled ops do not build against torch 2.14
+(docs/rotated_ops.md); both are short. Both the RPN (anchors vs. the horizontal bounds of the rotated ground
 truth) and the RoI head (rotated proposals vs. rotated ground truth) use them with their own
 thresholds; the caller computes the IoU matrix.
 
@@ -16,8 +16,18 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ...config import check
+
 IGNORED = -1
 NEGATIVE = 0
+
+
+def check_sampling(pos_iou: float, neg_iou: float, num_samples: int, pos_fraction: float) -> None:
+    """Validate a head config's assignment thresholds and sampling, naming the field."""
+    check(0.0 < pos_iou <= 1.0, "pos_iou", f"must be in (0, 1], got {pos_iou}")
+    check(0.0 <= neg_iou <= pos_iou, "neg_iou", f"must be in [0, pos_iou={pos_iou}], got {neg_iou}")
+    check(num_samples > 0, "num_samples", f"must be positive, got {num_samples}")
+    check(0.0 < pos_fraction <= 1.0, "pos_fraction", f"must be in (0, 1], got {pos_fraction}")
 
 
 def max_iou_assign(ious: Tensor, pos_iou: float, neg_iou: float, min_pos_iou: float,

@@ -2,7 +2,7 @@
 ``oriented-rcnn-le90`` config.
 
 Why our own: mmrotate needs mmcv's compiled ops, which do not build against torch 2.14
-(reference.md section 4); the rotated ops are :mod:`rsfm_ds.ops.rotated`.
+(docs/rotated_ops.md); the rotated ops are :mod:`rsfm_ds.ops.rotated`.
 
 Pipeline (each stage documents its own rules):
 
@@ -15,7 +15,7 @@ Pipeline (each stage documents its own rules):
 3. :class:`~.oriented_rpn.OrientedRPNHead` on p2..p6: proposals.
 4. :class:`~.rotated_roi_head.RotatedRoIHead` on p2..p5: classes and refined boxes.
 
-Batch contract (``rsfm_ds.data.det_dataset.collate_detection`` builds it)::
+Batch contract (``rsfm_ds.data.det.dataset.collate_detection`` builds it)::
 
     images       [B, 3, H, W]  normalised, zero-padded bottom/right to a common size
     image_sizes  [(h, w)] * B  the unpadded size of each image
@@ -27,19 +27,31 @@ sum under ``"loss"``); eval mode returns one :class:`ImageDetections` per image.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .oriented_rpn import OrientedRPNHead
-from .rotated_roi_head import RotatedRoIHead
+from ..vitdet import ViTDetConfig
+from .oriented_rpn import OrientedRPNConfig, OrientedRPNHead
+from .rotated_roi_head import RotatedRoIConfig, RotatedRoIHead
 
 RPN_LEVELS = 5
 """The RPN reads p2..p6."""
 ROI_LEVELS = 4
 """RoIs are pooled from p2..p5 (mmrotate's ``featmap_strides=[4, 8, 16, 32]``)."""
+
+
+@dataclass
+class OrientedRCNNConfig:
+    """The Oriented R-CNN heads (the backbone is configured on its own)."""
+
+    rpn: OrientedRPNConfig = field(default_factory=OrientedRPNConfig)
+    """Oriented RPN."""
+    roi: RotatedRoIConfig = field(default_factory=RotatedRoIConfig)
+    """Rotated RoI head."""
 
 
 class ImageDetections(NamedTuple):
@@ -64,12 +76,10 @@ class OrientedRCNN(nn.Module):
             first, with attributes ``out_strides`` (name -> stride) and ``out_channels``, and an
             ``init_module(m)`` method (a ViTDet backbone with ``extra_p6=True``).
         num_classes: object classes.
-        rpn: keyword arguments of :class:`OrientedRPNHead` (besides channels and strides).
-        roi: keyword arguments of :class:`RotatedRoIHead` (besides classes, channels, strides).
+        cfg: the two heads' settings (:class:`OrientedRCNNConfig`; defaults: mmrotate's).
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int,
-                 rpn: Optional[Mapping[str, Any]] = None, roi: Optional[Mapping[str, Any]] = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, cfg: Optional[OrientedRCNNConfig] = None):
         super().__init__()
         strides = list(backbone.out_strides.values())
         if len(strides) < RPN_LEVELS:
@@ -79,14 +89,22 @@ class OrientedRCNN(nn.Module):
             raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
         self.backbone = backbone
         self.num_classes = num_classes
+        cfg = cfg or OrientedRCNNConfig()
         channels = backbone.out_channels
         self.rpn_head = OrientedRPNHead(in_channels=channels, strides=strides[:RPN_LEVELS],
-                                        feat_channels=channels, **dict(rpn or {}))
-        self.roi_head = RotatedRoIHead(num_classes, in_channels=channels,
-                                       strides=strides[:ROI_LEVELS], **dict(roi or {}))
+                                        feat_channels=channels, cfg=cfg.rpn)
+        self.roi_head = RotatedRoIHead(num_classes, in_channels=channels, strides=strides[:ROI_LEVELS],
+                                       cfg=cfg.roi)
         # Identity set of the backbone's modules: init_module sends those to the backbone's own
         # rules (which would otherwise re-initialise the heads' Linear layers as xavier).
         self._backbone_modules = frozenset(id(m) for m in backbone.modules())
+
+    @classmethod
+    def build(cls, backbone: ViTDetConfig, num_classes: int, cfg: Optional[OrientedRCNNConfig] = None
+              ) -> "OrientedRCNN":
+        """The detector of a fine-tuning run: its ViTDet backbone (with the stride-64 level), then the
+        heads, in that order (initialisation draws in module order)."""
+        return cls(backbone.build(extra_p6=True), num_classes, cfg)
 
     def init_module(self, m: nn.Module) -> None:
         """Initialise the parameters ``m`` owns directly: backbone modules by the backbone's
@@ -128,4 +146,4 @@ class OrientedRCNN(nn.Module):
         return losses
 
 
-__all__ = ["OrientedRCNN", "ImageDetections", "RPN_LEVELS", "ROI_LEVELS"]
+__all__ = ["OrientedRCNNConfig", "OrientedRCNN", "ImageDetections", "RPN_LEVELS", "ROI_LEVELS"]

@@ -27,7 +27,8 @@
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,10 +36,59 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms, box_iou
 
+from ...config import check
 from ...ops.rotated import MidpointOffsetCoder, batched_nms_rotated
-from .assign_sample import max_iou_assign, random_sample
+from .assign_sample import check_sampling, max_iou_assign, random_sample
 
-RPN_NMS_TYPES = ("hbox", "rotated")
+
+@dataclass
+class OrientedRPNConfig:
+    """Oriented RPN (defaults: mmrotate's oriented-rcnn-le90)."""
+
+    anchor_scale: float = 8.0
+    """Anchor side over the level's stride."""
+    anchor_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
+    """Anchor height/width ratios, one anchor each per location."""
+    pos_iou: float = 0.7
+    """Anchors with IoU >= this (to the ground truth's horizontal bounds) are positive."""
+    neg_iou: float = 0.3
+    """Anchors with IoU < this to every object are negative."""
+    min_pos_iou: float = 0.3
+    """Each object also takes its best anchors when their IoU is >= this."""
+    num_samples: int = 256
+    """Anchors sampled per image for the loss."""
+    pos_fraction: float = 0.5
+    """Largest share of positives among the sampled anchors."""
+    allowed_border: int = 0
+    """Anchors crossing the image border by more pixels are ignored in training; -1 keeps all."""
+    pre_nms_top_k_train: int = 2000
+    """Best anchors per level decoded before NMS, in training."""
+    pre_nms_top_k_test: int = 2000
+    """Best anchors per level decoded before NMS, at inference."""
+    max_proposals_train: int = 2000
+    """Proposals per image after NMS, in training."""
+    max_proposals_test: int = 2000
+    """Proposals per image after NMS, at inference."""
+    nms_iou: float = 0.8
+    """Proposal NMS threshold (within each level)."""
+    nms_type: Literal["hbox", "rotated"] = "hbox"
+    """hbox: NMS on the proposals' horizontal bounds (what mmrotate's OrientedRPNHead does);
+    rotated: exact rotated IoU (seconds per image on a CPU)."""
+    smooth_l1_beta: float = 1.0 / 9.0
+    """Beta of the smooth-L1 regression loss (mmrotate's 1/9)."""
+
+    def __post_init__(self):
+        check(self.anchor_scale > 0, "anchor_scale", f"must be positive, got {self.anchor_scale}")
+        check(len(self.anchor_ratios) > 0 and all(r > 0 for r in self.anchor_ratios), "anchor_ratios",
+              f"need one or more positive ratios, got {self.anchor_ratios}")
+        check_sampling(self.pos_iou, self.neg_iou, self.num_samples, self.pos_fraction)
+        check(0.0 <= self.min_pos_iou <= self.pos_iou, "min_pos_iou",
+              f"must be in [0, pos_iou={self.pos_iou}], got {self.min_pos_iou}")
+        check(self.allowed_border >= -1, "allowed_border", f"must be >= -1, got {self.allowed_border}")
+        for name in ("pre_nms_top_k_train", "pre_nms_top_k_test", "max_proposals_train", "max_proposals_test"):
+            check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        check(0.0 < self.nms_iou <= 1.0, "nms_iou", f"must be in (0, 1], got {self.nms_iou}")
+        check(self.smooth_l1_beta > 0, "smooth_l1_beta", f"must be positive, got {self.smooth_l1_beta}")
 
 
 def rotated_box_bounds(boxes: Tensor) -> Tensor:
@@ -107,41 +157,19 @@ class OrientedRPNHead(nn.Module):
         in_channels: width of every input level.
         strides: stride of each input level (p2..p6: 4, 8, 16, 32, 64).
         feat_channels: width of the shared 3x3 conv.
-        anchor_scale, anchor_ratios: see :class:`AnchorGenerator`.
-        pos_iou, neg_iou, min_pos_iou: anchor assignment thresholds (0.7, 0.3, 0.3).
-        num_samples, pos_fraction: anchors sampled per image (256) and the positive share (0.5).
-        allowed_border: anchors crossing the border by more px are ignored; -1 keeps all.
-        pre_nms_top_k_train, pre_nms_top_k_test: anchors kept per level before NMS (2000).
-        max_proposals_train, max_proposals_test: proposals kept per image after NMS (2000).
-        nms_iou: NMS threshold (0.8).
-        nms_type: ``"hbox"`` (mmrotate) or ``"rotated"`` (see the module docstring).
-        smooth_l1_beta: beta of the regression loss (1/9).
+        cfg: anchors, assignment, sampling, proposals and loss (:class:`OrientedRPNConfig`).
     """
 
     def __init__(self, in_channels: int = 256, strides: Sequence[int] = (4, 8, 16, 32, 64),
-                 feat_channels: int = 256, anchor_scale: float = 8.0,
-                 anchor_ratios: Sequence[float] = (0.5, 1.0, 2.0), pos_iou: float = 0.7,
-                 neg_iou: float = 0.3, min_pos_iou: float = 0.3, num_samples: int = 256,
-                 pos_fraction: float = 0.5, allowed_border: int = 0,
-                 pre_nms_top_k_train: int = 2000, pre_nms_top_k_test: int = 2000,
-                 max_proposals_train: int = 2000, max_proposals_test: int = 2000,
-                 nms_iou: float = 0.8, nms_type: str = "hbox", smooth_l1_beta: float = 1.0 / 9.0):
+                 feat_channels: int = 256, cfg: Optional[OrientedRPNConfig] = None):
         super().__init__()
-        if nms_type not in RPN_NMS_TYPES:
-            raise ValueError(f"nms_type: expected one of {RPN_NMS_TYPES}, got {nms_type!r}")
-        self.anchors = AnchorGenerator(strides, anchor_scale, anchor_ratios)
+        self.cfg = cfg = cfg or OrientedRPNConfig()
+        self.anchors = AnchorGenerator(strides, cfg.anchor_scale, cfg.anchor_ratios)
         num_anchors = self.anchors.num_anchors
         self.conv = nn.Conv2d(in_channels, feat_channels, 3, padding=1)
         self.cls = nn.Conv2d(feat_channels, num_anchors, 1)
         self.reg = nn.Conv2d(feat_channels, num_anchors * 6, 1)
         self.coder = MidpointOffsetCoder()
-        self.pos_iou, self.neg_iou, self.min_pos_iou = pos_iou, neg_iou, min_pos_iou
-        self.num_samples, self.pos_fraction = num_samples, pos_fraction
-        self.allowed_border = allowed_border
-        self.pre_nms_top_k = (pre_nms_top_k_train, pre_nms_top_k_test)
-        self.max_proposals = (max_proposals_train, max_proposals_test)
-        self.nms_iou, self.nms_type = nms_iou, nms_type
-        self.smooth_l1_beta = smooth_l1_beta
         self.apply(self.init_module)
 
     def init_module(self, m: nn.Module) -> None:
@@ -185,14 +213,14 @@ class OrientedRPNHead(nn.Module):
         all_deltas = torch.cat(deltas, dim=1).float()  # [B, N, 6]
         logits, labels, pred, target = [], [], [], []
         for i, (hw, gts) in enumerate(zip(image_sizes, gt_boxes)):
-            valid = torch.cat([self.anchors.valid(lvl, h, w, hw, a, self.allowed_border)
+            valid = torch.cat([self.anchors.valid(lvl, h, w, hw, a, self.cfg.allowed_border)
                                for lvl, ((h, w), a) in enumerate(zip(feat_hw, anchors))])
             valid_idx = torch.nonzero(valid).squeeze(1)
             gts = gts.float()
             ious = box_iou(rotated_box_bounds(gts), all_anchors[valid_idx])  # [G, Nv]
-            assigned, _ = max_iou_assign(ious, self.pos_iou, self.neg_iou, self.min_pos_iou,
+            assigned, _ = max_iou_assign(ious, self.cfg.pos_iou, self.cfg.neg_iou, self.cfg.min_pos_iou,
                                          match_low_quality=True)
-            pos, neg = random_sample(assigned, self.num_samples, self.pos_fraction)
+            pos, neg = random_sample(assigned, self.cfg.num_samples, self.cfg.pos_fraction)
             pos_anchor, neg_anchor = valid_idx[pos], valid_idx[neg]
             logits.append(all_scores[i, torch.cat([pos_anchor, neg_anchor])])
             labels.append(torch.cat([all_scores.new_ones(pos.numel()),
@@ -203,7 +231,7 @@ class OrientedRPNHead(nn.Module):
         num_samples = max(logits.numel(), 1)
         loss_cls = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / num_samples
         loss_bbox = F.smooth_l1_loss(torch.cat(pred), torch.cat(target).to(all_deltas.dtype),
-                                     beta=self.smooth_l1_beta, reduction="sum") / num_samples
+                                     beta=self.cfg.smooth_l1_beta, reduction="sum") / num_samples
         return loss_cls, loss_bbox
 
     @torch.no_grad()
@@ -213,8 +241,8 @@ class OrientedRPNHead(nn.Module):
 
         Uses the training or test limits according to ``self.training``.
         """
-        top_k = self.pre_nms_top_k[0 if self.training else 1]
-        max_keep = self.max_proposals[0 if self.training else 1]
+        top_k = self.cfg.pre_nms_top_k_train if self.training else self.cfg.pre_nms_top_k_test
+        max_keep = self.cfg.max_proposals_train if self.training else self.cfg.max_proposals_test
         out = []
         for i in range(scores[0].shape[0]):
             boxes, probs, levels = [], [], []
@@ -228,13 +256,13 @@ class OrientedRPNHead(nn.Module):
             boxes, probs, levels = torch.cat(boxes), torch.cat(probs), torch.cat(levels)
             keep = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
             boxes, probs, levels = boxes[keep], probs[keep], levels[keep]
-            if self.nms_type == "hbox":
-                keep = batched_nms(rotated_box_bounds(boxes), probs, levels, self.nms_iou)
+            if self.cfg.nms_type == "hbox":
+                keep = batched_nms(rotated_box_bounds(boxes), probs, levels, self.cfg.nms_iou)
             else:
-                keep = batched_nms_rotated(boxes, probs, levels, self.nms_iou)
+                keep = batched_nms_rotated(boxes, probs, levels, self.cfg.nms_iou)
             keep = keep[:max_keep]
             out.append((boxes[keep], probs[keep]))
         return out
 
 
-__all__ = ["AnchorGenerator", "OrientedRPNHead", "RPN_NMS_TYPES", "rotated_box_bounds"]
+__all__ = ["OrientedRPNConfig", "AnchorGenerator", "OrientedRPNHead", "rotated_box_bounds"]

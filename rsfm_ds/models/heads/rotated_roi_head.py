@@ -23,15 +23,63 @@ As mmrotate's ``OrientedStandardRoIHead`` with ``RotatedSingleRoIExtractor`` and
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Sequence, Tuple
+from dataclasses import dataclass
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...config import check
 from ...ops.rotated import DeltaXYWHTCoder, batched_nms_rotated, box_iou_rotated, roi_align_rotated
-from .assign_sample import max_iou_assign, random_sample
+from .assign_sample import check_sampling, max_iou_assign, random_sample
+
+
+@dataclass
+class RotatedRoIConfig:
+    """Rotated RoI head (defaults: mmrotate's oriented-rcnn-le90)."""
+
+    output_size: int = 7
+    """RoIAlignRotated bins per side."""
+    sampling_ratio: int = 2
+    """RoIAlignRotated samples per bin per axis."""
+    finest_scale: float = 56.0
+    """RoIs of scale sqrt(w*h) < 2 x this are pooled from p2, then one level per doubling."""
+    fc_dim: int = 1024
+    """Width of the two shared FC layers."""
+    pos_iou: float = 0.5
+    """Proposals with rotated IoU >= this are positive."""
+    neg_iou: float = 0.5
+    """Proposals with rotated IoU < this to every object are negative (background)."""
+    num_samples: int = 512
+    """RoIs sampled per image for the loss."""
+    pos_fraction: float = 0.25
+    """Largest share of positives among the sampled RoIs."""
+    add_gt_as_proposals: bool = True
+    """Add the ground truth to the proposals in training."""
+    score_thr: float = 0.05
+    """Inference: (RoI, class) pairs scoring above this are candidates."""
+    nms_iou: float = 0.1
+    """Inference: per-class rotated NMS threshold."""
+    nms_pre: int = 2000
+    """Inference: best candidates per image entering NMS."""
+    max_per_img: int = 2000
+    """Inference: detections kept per image."""
+    smooth_l1_beta: float = 1.0
+    """Beta of the smooth-L1 regression loss (mmrotate's 1.0)."""
+
+    def __post_init__(self):
+        check(self.output_size > 0, "output_size", f"must be positive, got {self.output_size}")
+        check(self.sampling_ratio > 0, "sampling_ratio", f"must be positive, got {self.sampling_ratio}")
+        check(self.finest_scale > 0, "finest_scale", f"must be positive, got {self.finest_scale}")
+        check(self.fc_dim > 0, "fc_dim", f"must be positive, got {self.fc_dim}")
+        check_sampling(self.pos_iou, self.neg_iou, self.num_samples, self.pos_fraction)
+        check(0.0 <= self.score_thr < 1.0, "score_thr", f"must be in [0, 1), got {self.score_thr}")
+        check(0.0 <= self.nms_iou <= 1.0, "nms_iou", f"must be in [0, 1], got {self.nms_iou}")
+        check(self.nms_pre > 0, "nms_pre", f"must be positive, got {self.nms_pre}")
+        check(self.max_per_img > 0, "max_per_img", f"must be positive, got {self.max_per_img}")
+        check(self.smooth_l1_beta > 0, "smooth_l1_beta", f"must be positive, got {self.smooth_l1_beta}")
 
 
 def map_roi_levels(rois: Tensor, num_levels: int, finest_scale: float = 56.0) -> Tensor:
@@ -137,36 +185,18 @@ class RotatedRoIHead(nn.Module):
         num_classes: object classes.
         in_channels: pyramid width.
         strides: strides of the levels RoIs are pooled from (4, 8, 16, 32).
-        output_size, sampling_ratio, finest_scale: see :class:`RotatedRoIExtractor`.
-        fc_dim: see :class:`RotatedBBoxHead`.
-        pos_iou, neg_iou: assignment thresholds (0.5, 0.5).
-        num_samples, pos_fraction: RoIs sampled per image (512) and the positive share (0.25).
-        add_gt_as_proposals: add each image's ground truth to its proposals in training.
-        score_thr: inference score threshold (0.05).
-        nms_iou: per-class rotated NMS threshold at inference (0.1).
-        nms_pre: candidates per image entering NMS at inference, best first (2000).
-        max_per_img: detections kept per image (2000).
-        smooth_l1_beta: beta of the regression loss (1.0).
+        cfg: RoI pooling, box head width, assignment, sampling, inference and loss
+            (:class:`RotatedRoIConfig`).
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 256,
-                 strides: Sequence[int] = (4, 8, 16, 32), output_size: int = 7,
-                 sampling_ratio: int = 2, finest_scale: float = 56.0, fc_dim: int = 1024,
-                 pos_iou: float = 0.5, neg_iou: float = 0.5, num_samples: int = 512,
-                 pos_fraction: float = 0.25, add_gt_as_proposals: bool = True,
-                 score_thr: float = 0.05, nms_iou: float = 0.1, nms_pre: int = 2000,
-                 max_per_img: int = 2000, smooth_l1_beta: float = 1.0):
+    def __init__(self, num_classes: int, in_channels: int = 256, strides: Sequence[int] = (4, 8, 16, 32),
+                 cfg: Optional[RotatedRoIConfig] = None):
         super().__init__()
+        self.cfg = cfg = cfg or RotatedRoIConfig()
         self.num_classes = num_classes
-        self.extractor = RotatedRoIExtractor(strides, output_size, sampling_ratio, finest_scale)
-        self.bbox_head = RotatedBBoxHead(in_channels, output_size, fc_dim, num_classes)
+        self.extractor = RotatedRoIExtractor(strides, cfg.output_size, cfg.sampling_ratio, cfg.finest_scale)
+        self.bbox_head = RotatedBBoxHead(in_channels, cfg.output_size, cfg.fc_dim, num_classes)
         self.coder = DeltaXYWHTCoder()
-        self.pos_iou, self.neg_iou = pos_iou, neg_iou
-        self.num_samples, self.pos_fraction = num_samples, pos_fraction
-        self.add_gt_as_proposals = add_gt_as_proposals
-        self.score_thr, self.nms_iou = score_thr, nms_iou
-        self.nms_pre, self.max_per_img = nms_pre, max_per_img
-        self.smooth_l1_beta = smooth_l1_beta
 
     def init_module(self, m: nn.Module) -> None:
         """Initialise ``m`` if this head owns it directly (see :class:`RotatedBBoxHead`)."""
@@ -188,11 +218,11 @@ class RotatedRoIHead(nn.Module):
         rois, labels, deltas, positive = [], [], [], []
         for i, (props, gts, gt_cls) in enumerate(zip(proposals, gt_boxes, gt_labels)):
             gts = gts.float()
-            if self.add_gt_as_proposals:
+            if self.cfg.add_gt_as_proposals:
                 props = torch.cat([gts, props.float()])
-            assigned, _ = max_iou_assign(box_iou_rotated(gts, props), self.pos_iou,
-                                         self.neg_iou, self.pos_iou, match_low_quality=False)
-            pos, neg = random_sample(assigned, self.num_samples, self.pos_fraction)
+            assigned, _ = max_iou_assign(box_iou_rotated(gts, props), self.cfg.pos_iou,
+                                         self.cfg.neg_iou, self.cfg.pos_iou, match_low_quality=False)
+            pos, neg = random_sample(assigned, self.cfg.num_samples, self.cfg.pos_fraction)
             matched = assigned[pos] - 1
             chosen = props[torch.cat([pos, neg])]
             rois.append(torch.cat([chosen.new_full((chosen.shape[0], 1), i), chosen], dim=1))
@@ -213,7 +243,7 @@ class RotatedRoIHead(nn.Module):
             return zero, zero
         loss_cls = F.cross_entropy(logits, targets.labels)
         loss_bbox = F.smooth_l1_loss(deltas[targets.positive], targets.deltas,
-                                     beta=self.smooth_l1_beta, reduction="sum") / logits.shape[0]
+                                     beta=self.cfg.smooth_l1_beta, reduction="sum") / logits.shape[0]
         return loss_cls, loss_bbox
 
     @torch.no_grad()
@@ -232,17 +262,17 @@ class RotatedRoIHead(nn.Module):
             mine = rois[:, 0] == i
             boxes = self.coder.decode(rois[mine, 1:], deltas[mine].float(), max_shape=hw).float()
             s = scores[mine]
-            roi_idx, cls_idx = torch.nonzero(s > self.score_thr, as_tuple=True)
+            roi_idx, cls_idx = torch.nonzero(s > self.cfg.score_thr, as_tuple=True)
             cand_scores = s[roi_idx, cls_idx]
-            if cand_scores.numel() > self.nms_pre:
-                top = cand_scores.topk(self.nms_pre).indices
+            if cand_scores.numel() > self.cfg.nms_pre:
+                top = cand_scores.topk(self.cfg.nms_pre).indices
                 roi_idx, cls_idx, cand_scores = roi_idx[top], cls_idx[top], cand_scores[top]
             cand_boxes = boxes[roi_idx]
-            keep = batched_nms_rotated(cand_boxes, cand_scores, cls_idx, self.nms_iou)
-            keep = keep[:self.max_per_img]
+            keep = batched_nms_rotated(cand_boxes, cand_scores, cls_idx, self.cfg.nms_iou)
+            keep = keep[:self.cfg.max_per_img]
             out.append((cand_boxes[keep], cand_scores[keep], cls_idx[keep]))
         return out
 
 
-__all__ = ["RotatedRoIExtractor", "RotatedBBoxHead", "RotatedRoIHead", "RoITargets",
+__all__ = ["RotatedRoIConfig", "RotatedRoIExtractor", "RotatedBBoxHead", "RotatedRoIHead", "RoITargets",
            "map_roi_levels"]

@@ -23,19 +23,49 @@ cross-rank statistics, or choose ``norm="gn"`` (GroupNorm, 32 groups), which doe
 the batch at all. Note that BatchNorm in training mode needs more than one value per channel: the
 1x1 PPM cell with batch 1 fails, so train BN heads with per-rank batch >= 2 (or use GN).
 
-Losses live with the head (design.md): :meth:`UperNet.loss` returns ``{"loss_seg", "loss_aux"}``,
+Losses live with the head: :meth:`UperNet.loss` returns ``{"loss_seg", "loss_aux"}``,
 already weighted; the engine sums them.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...config import check
+
 NORMS = ("bn", "gn")
+
+
+@dataclass
+class UperNetConfig:
+    """The UperNet decode head and its auxiliary FCN head (defaults: mmseg's UperNet configs)."""
+
+    channels: int = 512
+    """UperNet width."""
+    aux_weight: float = 0.4
+    """Weight of the auxiliary FCN loss (0 disables the auxiliary head)."""
+    aux_channels: int = 256
+    """Auxiliary head width."""
+    dropout: float = 0.1
+    """Dropout before the classifiers."""
+    norm: Literal["bn", "gn"] = "bn"
+    """bn (BatchNorm, statistics per rank) or gn (GroupNorm, batch-size independent)."""
+    pool_scales: Tuple[int, ...] = (1, 2, 3, 6)
+    """Grid sizes of the pyramid pooling module."""
+
+    def __post_init__(self):
+        check(self.channels > 0, "channels", f"must be positive, got {self.channels}")
+        check(self.aux_weight >= 0, "aux_weight", f"must be >= 0, got {self.aux_weight}")
+        check(self.aux_channels > 0, "aux_channels", f"must be positive, got {self.aux_channels}")
+        check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        check(self.norm in NORMS, "norm", f"must be bn or gn, got {self.norm!r}")
+        check(len(self.pool_scales) > 0 and all(s > 0 for s in self.pool_scales), "pool_scales",
+              f"need one or more positive sizes, got {self.pool_scales}")
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -193,27 +223,22 @@ class UperNet(nn.Module):
     Args:
         num_classes: output classes K.
         in_channels: channels of each pyramid level (ViTDet: 256).
-        in_keys: levels for the UperNet head, finest first.
-        channels: UperNet width.
-        aux_key: level for the auxiliary FCN head, or ``None`` for no auxiliary head.
-        aux_channels: FCN head width.
-        aux_weight: weight of the auxiliary loss (mmseg / RVSA: 0.4).
-        pool_scales: PPM grid sizes.
-        dropout: dropout before both classifiers.
-        norm: ``"bn"`` or ``"gn"`` (see module doc).
+        cfg: widths, auxiliary head and its loss weight, dropout, norm, pooling
+            (:class:`UperNetConfig`); the auxiliary head exists when ``cfg.aux_weight > 0``.
         ignore_index: label value excluded from the loss.
+        in_keys: levels for the UperNet head, finest first.
+        aux_key: level for the auxiliary FCN head (stride 16 as mmseg).
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 256,
-                 in_keys: Sequence[str] = ("p2", "p3", "p4", "p5"), channels: int = 512,
-                 aux_key: Optional[str] = "p4", aux_channels: int = 256, aux_weight: float = 0.4,
-                 pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1, norm: str = "bn",
-                 ignore_index: int = 255):
+    def __init__(self, num_classes: int, in_channels: int = 256, cfg: Optional[UperNetConfig] = None,
+                 ignore_index: int = 255, in_keys: Sequence[str] = ("p2", "p3", "p4", "p5"), aux_key: str = "p4"):
         super().__init__()
-        self.decode = UperNetHead(num_classes, in_channels, in_keys, channels, pool_scales, dropout, norm)
-        self.aux = (FCNHead(num_classes, in_channels, aux_key, aux_channels, 1, dropout, norm)
-                    if aux_key is not None else None)
-        self.aux_weight = aux_weight
+        cfg = cfg or UperNetConfig()
+        self.decode = UperNetHead(num_classes, in_channels, in_keys, cfg.channels, cfg.pool_scales, cfg.dropout,
+                                  cfg.norm)
+        self.aux = (FCNHead(num_classes, in_channels, aux_key, cfg.aux_channels, 1, cfg.dropout, cfg.norm)
+                    if cfg.aux_weight > 0 else None)
+        self.aux_weight = cfg.aux_weight
         self.ignore_index = ignore_index
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,169 @@
+"""The on-disk layout of training checkpoints: tag names, completeness, the DeepSpeed files in a tag.
+
+A training run writes ``<run_dir>/checkpoints/step_XXXXXXXX/`` tags (:func:`tag_for`), one
+DeepSpeed ``save_checkpoint`` each: per rank a ``*_model_states.pt`` (module placeholders,
+parameter shapes and the engine's client state: step, epoch, samples seen, RNG, config, world
+size, preset) and a ``*_optim_states.pt`` (that rank's fp32 master partition and Adam moments). A
+tag counts as complete only once its ``COMPLETE`` marker exists (:func:`mark_complete`), which the
+training engine writes after every rank has finished writing; a run killed mid-save leaves a tag
+without the marker, which resumption and conversion skip. ``rsfm convert reshard`` turns a tag
+into a DeepSpeed *universal* checkpoint: the model-states files plus
+``zero/<param>/{fp32,exp_avg,exp_avg_sq}.pt`` and ``zero/optimizer_state.pt``, no
+``*_optim_states.pt``.
+
+This module is the one place that knows these names; the engine (which saves and prunes) and the
+converters (which read) both import it.
+
+Why this module exists next to DeepSpeed's own readers: DeepSpeed picks a tag from its ``latest``
+file, which a run killed while saving leaves pointing at a half-written tag; we pick the newest
+*complete* tag, and fall back to ``latest`` only for checkpoints written without our markers.
+
+Safety: DeepSpeed checkpoint files are pickles and can hold DeepSpeed objects (``ZeroStageEnum``,
+``LossScaler``) and NumPy RNG arrays, which ``torch.load(weights_only=True)`` refuses. Unpickling
+runs code, so a DeepSpeed checkpoint must be trusted like code. :func:`load_deepspeed_pickle` is the
+only place in rsfm-ds that calls ``torch.load(..., weights_only=False)``; DeepSpeed's own
+``zero_to_fp32``, ``ds_to_universal`` and ``load_checkpoint`` do the same internally.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+
+from ..errors import CheckpointError
+
+COMPLETE_MARKER = "COMPLETE"
+_OPTIM_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+_ZERO3_MODEL_FILE = "zero_pp_rank_{rank}_mp_rank_00_model_states.pt"
+_LEGACY_MODEL_FILE = "mp_rank_00_model_states.pt"
+
+
+def tag_for(step: int) -> str:
+    """The tag name of the checkpoint saved at optimizer step ``step``."""
+    return f"step_{step:08d}"
+
+
+def is_tag_name(name: str) -> bool:
+    """True for our tag names (``step_XXXXXXXX``)."""
+    digits = name[len("step_"):]
+    return name.startswith("step_") and digits.isdigit() and tag_for(int(digits)) == name
+
+
+def is_complete(tag_dir: Path) -> bool:
+    """True once every rank finished writing ``tag_dir`` (its ``COMPLETE`` marker exists)."""
+    return (tag_dir / COMPLETE_MARKER).is_file()
+
+
+def mark_complete(tag_dir: Path, step: int) -> None:
+    """Write ``tag_dir``'s ``COMPLETE`` marker; call once every rank has finished writing it."""
+    (tag_dir / COMPLETE_MARKER).write_text(f"{step}\n")
+
+
+def tag_dirs(ckpt_dir: Path) -> List[Path]:
+    """Every tag directory in ``ckpt_dir``, complete or not, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and is_tag_name(p.name))
+
+
+def complete_tags(ckpt_dir: Path) -> List[str]:
+    """Complete checkpoint tags in ``ckpt_dir``, oldest first."""
+    return [p.name for p in tag_dirs(ckpt_dir) if is_complete(p)]
+
+
+def load_deepspeed_pickle(path: Path) -> Any:
+    """Unpickle a DeepSpeed checkpoint file on the CPU (memory-mapped, tensors read lazily).
+
+    The one call of ``torch.load(weights_only=False)`` in rsfm-ds: DeepSpeed's format needs it.
+    Only use it on checkpoints you trust like code (docs/checkpoints.md).
+    """
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+
+
+def is_tag_dir(path: Path) -> bool:
+    """True when ``path`` holds DeepSpeed model-state files (a tag directory)."""
+    return path.is_dir() and any(path.glob("*model_states.pt"))
+
+
+def resolve_tag_dir(path: Union[str, Path], tag: Optional[str] = None) -> Path:
+    """The tag directory meant by ``path``.
+
+    Args:
+        path: a tag directory (``.../checkpoints/step_00000020``) or a checkpoints folder.
+        tag: with a checkpoints folder, the tag to use; default the newest tag with a
+            ``COMPLETE`` marker, or DeepSpeed's ``latest`` file when no tag has a marker
+            (checkpoints written by other DeepSpeed programs).
+
+    Raises:
+        FileNotFoundError: naming the folder, when no checkpoint is found.
+    """
+    path = Path(path)
+    if tag is not None:
+        tag_dir = path / tag
+        if not is_tag_dir(tag_dir):
+            raise CheckpointError(f"{tag_dir}: no DeepSpeed checkpoint (no *model_states.pt files)")
+        return tag_dir
+    if is_tag_dir(path):
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    tags = complete_tags(path)
+    if tags:
+        return path / tags[-1]
+    latest = path / "latest"
+    if latest.is_file() and is_tag_dir(path / latest.read_text().strip()):
+        return path / latest.read_text().strip()
+    raise CheckpointError(f"{path}: neither a DeepSpeed tag directory nor a checkpoints folder with a "
+                            f"complete tag ({COMPLETE_MARKER} marker) or a 'latest' file")
+
+
+def is_universal(tag_dir: Path) -> bool:
+    """True for a DeepSpeed universal checkpoint (written by ``ds_to_universal``)."""
+    return (tag_dir / "zero" / "optimizer_state.pt").is_file()
+
+
+def optim_state_files(tag_dir: Path) -> List[Path]:
+    """The per-rank ZeRO optimizer files of a (non-universal) tag, in rank order."""
+    files = [(int(m.group(1)), p) for p in tag_dir.iterdir() if (m := _OPTIM_FILE.match(p.name))]
+    return [p for _, p in sorted(files)]
+
+
+def model_state_file(tag_dir: Path, rank: int = 0) -> Path:
+    """Rank ``rank``'s model-states file (ZeRO-3 layout; ZeRO-1/2 have one for all ranks)."""
+    zero3 = tag_dir / _ZERO3_MODEL_FILE.format(rank=rank)
+    if zero3.is_file():
+        return zero3
+    legacy = tag_dir / _LEGACY_MODEL_FILE
+    if legacy.is_file():
+        return legacy
+    raise CheckpointError(f"{tag_dir}: no model-states file for rank {rank} ({zero3.name})")
+
+
+def saved_world_size(tag_dir: Path) -> int:
+    """Data-parallel world size that wrote a non-universal tag: one optimizer file per rank."""
+    n = len(optim_state_files(tag_dir))
+    if n == 0:
+        raise CheckpointError(f"{tag_dir}: no *_optim_states.pt files (a universal checkpoint, or "
+                                f"not a ZeRO checkpoint)")
+    return n
+
+
+def read_model_states(tag_dir: Path, rank: int = 0) -> Dict[str, Any]:
+    """Rank ``rank``'s model-states dictionary: DeepSpeed's entries plus our client state."""
+    return load_deepspeed_pickle(model_state_file(tag_dir, rank))
+
+
+def client_state(tag_dir: Path, rank: int = 0) -> Dict[str, Any]:
+    """Our client state of rank ``rank`` (keys ``step``, ``epoch``, ``micro_in_epoch``,
+    ``samples_seen``, ``rng``, ``config``, ``world_size``, ``preset``); empty when the checkpoint
+    was written by another program."""
+    keys = ("step", "epoch", "micro_in_epoch", "samples_seen", "best", "rng", "config", "world_size", "preset")
+    states = read_model_states(tag_dir, rank)
+    return {k: states[k] for k in keys if k in states}
+
+
+__all__ = ["COMPLETE_MARKER", "tag_for", "is_tag_name", "is_complete", "mark_complete", "tag_dirs",
+           "complete_tags", "load_deepspeed_pickle", "is_tag_dir", "resolve_tag_dir", "is_universal", "optim_state_files",
+           "model_state_file", "saved_world_size", "read_model_states", "client_state"]

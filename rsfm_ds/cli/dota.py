@@ -1,0 +1,69 @@
+"""``rsfm dota split|merge``: DOTA images into overlapping patches, patch detections back."""
+from __future__ import annotations
+
+import argparse
+
+from .common import verb
+
+DOTA_VERSIONS = ["dota2", "dota1.5", "dota1"]
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dota", help="DOTA: split images into patches, merge patch detections")
+    verbs = p.add_subparsers(dest="dota_verb", required=True, metavar="VERB")
+    _split(verbs)
+    _merge(verbs)
+
+
+def _split(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("split", help="cut DOTA images (and labels) into overlapping patches, "
+                                     "named <id>__<rate>__<x>___<y>")
+    p.add_argument("--src", required=True, help="DOTA folder with images/ and, if labelled, labelTxt/")
+    p.add_argument("--out", required=True, help="output folder (images/ and labelTxt/ go inside)")
+    p.add_argument("--size", type=int, default=1024, help="patch side in px (default 1024)")
+    p.add_argument("--gap", type=int, default=200, help="overlap of neighbouring patches in px (default 200)")
+    p.add_argument("--rates", type=float, nargs="+", default=[1.0],
+                   help="resize factors, e.g. 0.5 1.0 1.5 for multi-scale (default 1.0)")
+    p.add_argument("--iof-thr", type=float, default=0.7,
+                   help="keep an object in a patch when area inside / area >= this (default 0.7)")
+    p.add_argument("--pad-value", type=int, nargs=3, default=[104, 116, 124], metavar=("B", "G", "R"),
+                   help="colour of the padding past the image border (default 104 116 124)")
+    p.add_argument("--ext", default=".png", choices=[".png", ".jpg", ".bmp", ".tif"],
+                   help="patch image format (default .png)")
+    p.add_argument("--dataset", default="dota2", choices=DOTA_VERSIONS,
+                   help="class list the labels are checked against (default dota2)")
+    p.add_argument("--workers", type=int, default=1, help="images split in parallel (default 1)")
+
+    def run(args: argparse.Namespace) -> int:
+        from ..data.det.dota import dota_classes
+        from ..data.det.split import SplitConfig, split_dota
+
+        config = SplitConfig(size=args.size, gap=args.gap, rates=tuple(args.rates), iof_thr=args.iof_thr,
+                             pad_value=tuple(args.pad_value), ext=args.ext)
+        report = split_dota(args.src, args.out, config, dota_classes(args.dataset), workers=args.workers)
+        print(f"{report.images} images -> {report.patches} patches under {args.out}; {report.objects} objects "
+              f"-> {report.patch_objects} patch objects, {report.dropped} in no patch")
+        return 0
+
+    verb(p, run)
+
+
+def _merge(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("merge", help="patch detections (Task1_<class>.txt) -> image detections: map back, "
+                                     "per-class rotated NMS")
+    p.add_argument("--dets", required=True, help="folder of patch-level Task1_<class>.txt files")
+    p.add_argument("--out", required=True, help="folder for the merged Task1_<class>.txt files")
+    p.add_argument("--iou", type=float, default=0.1, help="NMS IoU threshold (default 0.1, the devkit's)")
+    p.add_argument("--dataset", default="dota2", choices=DOTA_VERSIONS,
+                   help="write one file per class of this dataset, empty where nothing was found (default dota2)")
+
+    def run(args: argparse.Namespace) -> int:
+        from ..data.det.dota import dota_classes
+        from ..data.det.merge import merge_dota
+
+        report = merge_dota(args.dets, args.out, iou_thr=args.iou, classes=dota_classes(args.dataset))
+        print(f"{report.files} files: {report.patch_detections} patch detections -> "
+              f"{report.image_detections} image detections in {args.out}")
+        return 0
+
+    verb(p, run)

@@ -1,0 +1,83 @@
+"""``rsfm eval det|seg``: the benchmarks' metrics over prediction files."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import verb
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate predictions against ground truth")
+    group = p.add_subparsers(dest="eval_task", required=True, metavar="TASK")
+    _det(group)
+    _seg(group)
+
+
+def _write_json(path: str, payload: dict) -> None:
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+def _det(group: argparse._SubParsersAction) -> None:
+    p = group.add_parser("det", help="rotated-box mAP of Task1_<class>.txt detections (DOTA devkit "
+                                     "semantics by default)")
+    p.add_argument("--dets", required=True, help="folder of Task1_<class>.txt files (image score x1 y1 ... y4)")
+    p.add_argument("--labels", required=True,
+                   help="DOTA labelTxt folder, or a DIOR-R root / Annotations folder with XMLs (--dataset dior)")
+    p.add_argument("--dataset", default="dota2", choices=["dota2", "dota1.5", "dota1", "dior"],
+                   help="class list and label format (default dota2)")
+    p.add_argument("--iou", type=float, default=0.5, help="IoU threshold of a true positive (default 0.5)")
+    p.add_argument("--metric", default="voc07", choices=["voc07", "area"],
+                   help="AP: VOC07 11-point or area under the curve (default voc07)")
+    p.add_argument("--mmrotate", action="store_true",
+                   help="mmrotate's matching: IoU >= threshold and difficult objects counted "
+                        "(default: devkit, IoU > threshold, difficult ignored)")
+    p.add_argument("--images", default=None,
+                   help="file listing the image ids to evaluate, one per line (e.g. DIOR-R's "
+                        "ImageSets/Main/test.txt); default every label file")
+    p.add_argument("--json", default=None, help="also write {\"mAP\": ..., \"AP\": {class: ...}} here")
+
+    def run(args: argparse.Namespace) -> int:
+        from ..evaluation.rotated_map import MapProtocol, evaluate_task1, format_map_table
+
+        protocol = MapProtocol(iou_thr=args.iou, inclusive=args.mmrotate, ignore_difficult=not args.mmrotate,
+                               metric=args.metric)
+        image_ids = None
+        if args.images is not None:
+            text = Path(args.images).read_text(encoding="utf-8")
+            image_ids = [line.strip() for line in text.splitlines() if line.strip()]
+        result = evaluate_task1(args.dets, args.labels, args.dataset, protocol, image_ids)
+        print(format_map_table(result))
+        if args.json is not None:
+            _write_json(args.json, result.to_json())
+        return 0
+
+    verb(p, run)
+
+
+def _seg(group: argparse._SubParsersAction) -> None:
+    p = group.add_parser("seg", help="segmentation OA / IoU / F1 of index PNGs against same-named label PNGs "
+                                     "(mmseg IoUMetric semantics)")
+    p.add_argument("--pred", required=True, help="folder of predicted index PNGs")
+    p.add_argument("--label", required=True, help="folder of label index PNGs; every one needs a prediction")
+    p.add_argument("--num-classes", type=int, required=True, help="number of classes K (Potsdam 5 or 6, LoveDA 7)")
+    p.add_argument("--ignore-index", type=int, default=255, help="label value not scored (default 255)")
+    p.add_argument("--reduce-zero-label", action="store_true",
+                   help="labels are raw with 0 = no-data (LoveDA masks): 0 -> ignored, v -> v - 1")
+    p.add_argument("--class-names", default=None, help="comma-separated names of the K classes (default 0..K-1)")
+    p.add_argument("--json", default=None,
+                   help="also write {\"aAcc\", \"mIoU\", \"mF1\", \"IoU\": {...}, \"F1\": {...}} in percent here")
+
+    def run(args: argparse.Namespace) -> int:
+        from ..evaluation.seg_metrics import evaluate_dirs, format_result
+
+        names = None if args.class_names is None else [n.strip() for n in args.class_names.split(",")]
+        result = evaluate_dirs(args.pred, args.label, args.num_classes, args.ignore_index,
+                               args.reduce_zero_label, names)
+        print(format_result(result))
+        if args.json is not None:
+            _write_json(args.json, result.to_json())
+        return 0
+
+    verb(p, run)

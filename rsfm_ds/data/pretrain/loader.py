@@ -1,0 +1,439 @@
+"""The MAE pretraining loader: tar shards -> normalised image batches, per rank, exact or resampled.
+
+Guarantees (docs/shards.md has the full statement):
+- every rank yields the same number of batches in an epoch, whatever the data (a collective
+  training step on a rank with one batch fewer would wait forever, docs/shards.md);
+- *exact* mode yields every sample of the manifest once per epoch over all ranks and workers;
+  *resampled* mode yields ``batches_per_epoch`` full batches per rank from shards drawn with
+  replacement;
+- the batches are a function of ``(seed, epoch, rank)`` and of the run shape (world size, batch
+  size, ``num_workers``, ``shuffle_buffer``, ``drop_last``); :meth:`PretrainLoader.state_dict` and
+  :func:`loader_state_to_start` resume mid-epoch with neither repeats nor gaps, without decoding the
+  batches that are skipped;
+- a corrupt JPEG, a truncated or unreadable shard is skipped, counted in :attr:`PretrainLoader.stats`
+  and logged; it never stops training. A batch whose samples all failed is replaced by one
+  mean-grey image (key ``PAD_KEY``), counted as padded, so batch counts stay equal.
+
+How (epoch_plan.py): shard order and per-rank ranges are planned from the manifest counts;
+DataLoader worker ``w`` makes batches ``j = w (mod K)``, which is the order the DataLoader returns them
+in; decoding uses OpenCV with reduced-size JPEG decoding (transforms.py), one thread per worker.
+Workers hand over augmented ``uint8`` pixels; ``PretrainBatch.images`` normalises them to float in
+one vectorised op where they are used, ``PretrainBatch.normalized(device)`` on the device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ...config import ConfigError, check
+from .epoch_plan import EpochPlan, augment_seed, plan_exact_epoch, plan_resampled_epoch
+from .manifest import (VERIFY_LEVELS, Manifest, ShardIntegrityError, load_manifest, local_path, shard_urls,
+                       verify_shards)
+from ..processes import START_METHODS, init_worker, process_context
+from .shard_reader import RawSample, SampleReader, SkipEvent
+from ..images import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import CropFlip, hwc_to_chw, normalize_batch
+
+log = logging.getLogger(__name__)
+
+PAD_KEY = "__padding__"
+STATE_VERSION = 1
+MODES = ("exact", "resampled")
+_LOGGED_EVENTS = 20  # skip events logged one by one; the rest are counted
+
+
+@dataclass
+class PretrainDataConfig:
+    """The ``data:`` section of a pretraining run config."""
+
+    shards: str
+    """A ``manifest.json`` written by ``rsfm shards`` (its shards are read from its folder), or a
+    WebDataset URL spec listing the manifest's shards in order (brace pattern, ``file:``,
+    ``pipe:`` commands), in which case ``manifest`` names the manifest."""
+    manifest: Optional[str] = None
+    """The manifest giving per-shard sample counts when ``shards`` is a URL spec."""
+    img_size: int = 224
+    """Side of the square crops, pixels."""
+    crop_scale: Tuple[float, float] = (0.2, 1.0)
+    """RandomResizedCrop area range, fraction of the image."""
+    crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    """RandomResizedCrop aspect ratio range (width / height)."""
+    hflip: bool = True
+    """Random horizontal flips."""
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    """Per-channel RGB mean subtracted after scaling to [0, 1]."""
+    std: Tuple[float, float, float] = IMAGENET_STD
+    """Per-channel RGB standard deviation divided by."""
+    mode: str = "exact"
+    """"exact": every sample once per epoch over all ranks; "resampled": ``batches_per_epoch``
+    batches per rank from shards drawn with replacement."""
+    batches_per_epoch: Optional[int] = None
+    """Batches per rank and epoch; required for mode=resampled, derived from the manifest for exact."""
+    drop_last: bool = False
+    """Exact mode: only full batches, leaving out the remainder (a different part each epoch).
+    Without it every sample is used and an epoch's last batch may be smaller."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0 = decode in the training process)."""
+    prefetch_factor: int = 2
+    """Batches each worker prepares ahead."""
+    shuffle_buffer: int = 1000
+    """Samples shuffled together by each worker (1 = stream order); costs that many compressed
+    images of memory per worker."""
+    seed: int = 0
+    """Seed of shard order, shuffling and augmentation."""
+    verify: str = "size"
+    """Check shards against the manifest when the loader is built: "none", "size" (local files:
+    existence and byte size, free), or "sha256" (reads every shard; each rank checks a 1/world_size
+    share). A mismatch raises ShardIntegrityError."""
+    pin_memory: bool = False
+    """Pin batches in page-locked memory (faster host-to-GPU copies)."""
+    worker_start: str = "forkserver"
+    """How workers start: "forkserver" (default; safe in a process that runs threads, see
+    rsfm_ds/data/processes.py), "spawn", or "fork" (only where the training process has no threads)."""
+
+    def __post_init__(self) -> None:
+        check(bool(self.shards), "shards", "must name a manifest.json or a shard URL spec")
+        is_manifest = self.shards.endswith(".json")
+        check(is_manifest or self.manifest is not None, "manifest",
+              "required when shards is a URL spec: the loader plans epochs from the manifest's "
+              "per-shard sample counts")
+        check(self.img_size >= 8, "img_size", f"must be >= 8, got {self.img_size}")
+        lo, hi = self.crop_scale
+        check(0 < lo <= hi <= 1, "crop_scale", f"need 0 < min <= max <= 1, got {self.crop_scale}")
+        check(0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio",
+              f"need 0 < min <= max, got {self.crop_ratio}")
+        check(len(self.mean) == 3, "mean", f"needs 3 values, got {self.mean}")
+        check(len(self.std) == 3 and all(s > 0 for s in self.std), "std",
+              f"needs 3 positive values, got {self.std}")
+        check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "resampled":
+            check(self.batches_per_epoch is not None and self.batches_per_epoch > 0,
+                  "batches_per_epoch", "a positive number is required for mode=resampled")
+        else:
+            check(self.batches_per_epoch is None, "batches_per_epoch",
+                  "only for mode=resampled; an exact epoch's length follows from the manifest")
+        check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        check(self.prefetch_factor >= 1, "prefetch_factor", f"must be >= 1, got {self.prefetch_factor}")
+        check(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
+        check(self.verify in VERIFY_LEVELS, "verify", f"must be one of {VERIFY_LEVELS}, got {self.verify!r}")
+        check(self.worker_start in START_METHODS, "worker_start",
+              f"must be one of {START_METHODS}, got {self.worker_start!r}")
+
+
+@dataclass
+class PretrainBatch:
+    """One batch of one rank."""
+
+    pixels: torch.Tensor
+    """``uint8 [B, 3, S, S]`` RGB, augmented; ``B`` is the planned size minus skipped samples."""
+    keys: List[str]
+    """Sample keys (``<shard>-<index>``; the shard's json record has the source path)."""
+    index: int
+    """Batch index within this rank's epoch."""
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+    skipped: Tuple[SkipEvent, ...] = ()
+    """Planned samples of this batch that could not be delivered."""
+    padded: bool = False
+    """True when every planned sample failed and ``pixels`` is one mean-grey placeholder."""
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @cached_property
+    def images(self) -> torch.Tensor:
+        """``float32 [B, 3, S, S]``, normalised with ``mean``/``std``; made on first access."""
+        return normalize_batch(self.pixels, self.mean, self.std)
+
+    def normalized(self, device: Union[str, torch.device, None] = None,
+                   dtype: torch.dtype = torch.float32, non_blocking: bool = False) -> torch.Tensor:
+        """:attr:`images` on ``device`` in ``dtype``, normalised *there*: the uint8 pixels are
+        moved (4x fewer bytes than float) and the conversion runs on the device."""
+        pixels = self.pixels.to(device, non_blocking=non_blocking) if device is not None else self.pixels
+        return normalize_batch(pixels, self.mean, self.std).to(dtype)
+
+    def pin_memory(self) -> "PretrainBatch":
+        """Called by the DataLoader's pinning thread when ``pin_memory`` is on."""
+        return dataclasses.replace(self, pixels=self.pixels.pin_memory())
+
+
+@dataclass
+class LoaderStats:
+    """What a loader delivered and what it had to skip, since it was built."""
+
+    batches: int = 0
+    samples: int = 0
+    padded_batches: int = 0
+    skipped: Dict[str, int] = field(default_factory=dict)
+    """Skipped samples per reason (see ``shard_reader.SKIP_REASONS``)."""
+    bad_shards: Dict[str, str] = field(default_factory=dict)
+    """URL -> first error, for shards that were truncated or unreadable."""
+    events: List[SkipEvent] = field(default_factory=list)
+    """The first skip events in full (at most 1000)."""
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def add(self, batch: PretrainBatch) -> List[SkipEvent]:
+        """Count ``batch``; returns its skip events."""
+        self.batches += 1
+        self.samples += 0 if batch.padded else len(batch.keys)
+        self.padded_batches += int(batch.padded)
+        for e in batch.skipped:
+            self.skipped[e.reason] = self.skipped.get(e.reason, 0) + 1
+            if e.reason in ("truncated_shard", "unreadable_shard"):
+                self.bad_shards.setdefault(e.url, e.detail)
+            if len(self.events) < 1000:
+                self.events.append(e)
+        return list(batch.skipped)
+
+    def summary(self) -> str:
+        """One line, e.g. for the end-of-epoch log."""
+        text = f"{self.samples} samples in {self.batches} batches"
+        if self.skipped:
+            text += f"; skipped {self.num_skipped} (" + ", ".join(
+                f"{reason} {n}" for reason, n in sorted(self.skipped.items())) + ")"
+        if self.bad_shards:
+            text += f"; bad shards: {', '.join(sorted(self.bad_shards))}"
+        if self.padded_batches:
+            text += f"; {self.padded_batches} padded batches"
+        return text
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class _EpochDataset(IterableDataset):
+    """One rank's epoch, as the DataLoader's workers see it: each makes its planned batches."""
+
+    def __init__(self, plan: EpochPlan, urls: Sequence[str], start_batch: int, cfg: PretrainDataConfig):
+        super().__init__()
+        self.plan, self.urls, self.start_batch = plan, list(urls), start_batch
+        self.crop = CropFlip(cfg.img_size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.hflip)
+        self.mean, self.std = tuple(cfg.mean), tuple(cfg.std)
+
+    def __iter__(self) -> Iterator[PretrainBatch]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if num_workers != self.plan.num_workers:
+            raise RuntimeError(f"planned for {self.plan.num_workers} workers, running with {num_workers}")
+        # The DataLoader asks worker v for its batches m = v, v + K, ... counted from start_batch,
+        # i.e. for planned batches j = start_batch + m: worker v plays planned worker j % K.
+        role = (worker + self.start_batch) % num_workers
+        work = self.plan.worker(role)
+        todo = [(j, pos) for j, pos in work.batches if j >= self.start_batch]
+        if not todo:
+            return
+        reader = SampleReader(self.urls, work.segments, np.concatenate([pos for _, pos in todo]))
+        for j, positions in todo:
+            yield self._make_batch(j, reader.take(positions))
+
+    def _make_batch(self, index: int, items: List[Any]) -> PretrainBatch:
+        size = self.crop.size
+        pixels = torch.empty((len(items), 3, size, size), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            # A worker's private tensor is copied into shared memory when it is sent to the
+            # training process; allocating it there saves that copy.
+            pixels.share_memory_()
+        batch = pixels.numpy()
+        scratch = np.empty((size, size, 3), np.uint8)
+        keys: List[str] = []
+        skipped: List[SkipEvent] = []
+        p = self.plan
+        for slot, item in enumerate(items):
+            if isinstance(item, SkipEvent):
+                skipped.append(item)
+                continue
+            rng = np.random.default_rng(augment_seed(p.seed, p.epoch, p.rank, index, slot))
+            if self.crop.apply_into(item.jpg, rng, scratch, _declared_size(item)):
+                hwc_to_chw(scratch, batch[len(keys)])
+                keys.append(item.key)
+            else:
+                skipped.append(SkipEvent("corrupt_jpeg", item.key, item.url, "OpenCV cannot decode it"))
+        if not keys:
+            grey = torch.tensor([round(255 * m) for m in self.mean], dtype=torch.uint8).view(1, 3, 1, 1)
+            return PretrainBatch(grey.expand(1, 3, size, size).clone(), [PAD_KEY], index, self.mean,
+                                 self.std, tuple(skipped), True)
+        return PretrainBatch(pixels[:len(keys)], keys, index, self.mean, self.std, tuple(skipped))
+
+
+def _declared_size(item: RawSample) -> Optional[Tuple[int, int]]:
+    record = item.record or {}
+    w, h = record.get("width"), record.get("height")
+    if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0:
+        return w, h
+    return None
+
+
+class PretrainLoader:
+    """Iterable over one rank's batches of one epoch (:class:`PretrainBatch`).
+
+    Each ``iter()`` runs the epoch from ``start_batch`` in a fresh DataLoader; :meth:`set_epoch`
+    moves to another epoch. Build it with :func:`build_pretrain_loader`.
+    """
+
+    def __init__(self, cfg: PretrainDataConfig, manifest: Manifest, urls: Sequence[str],
+                 batch_size: int, rank: int, world_size: int, epoch: int = 0, start_batch: int = 0):
+        self.cfg, self.manifest, self.urls = cfg, manifest, list(urls)
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.stats = LoaderStats()
+        self._logged = 0
+        self.set_epoch(epoch, start_batch)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Plan ``epoch``; the next iteration starts at batch ``start_batch`` of it."""
+        cfg = self.cfg
+        common = dict(seed=cfg.seed, epoch=epoch, rank=self.rank, batch_size=self.batch_size,
+                      num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer)
+        if cfg.mode == "exact":
+            self.plan = plan_exact_epoch(self.manifest.counts, world_size=self.world_size,
+                                         drop_last=cfg.drop_last, **common)
+        else:
+            self.plan = plan_resampled_epoch(self.manifest.counts, batches=cfg.batches_per_epoch, **common)
+        check(0 <= start_batch <= len(self.plan), "start_batch",
+              f"must be within 0..{len(self.plan)} (batches in epoch {epoch}), got {start_batch}")
+        self.epoch, self.start_batch, self._position = epoch, start_batch, start_batch
+
+    @property
+    def num_batches(self) -> int:
+        """Batches of the whole epoch on this rank (equal on every rank)."""
+        return len(self.plan)
+
+    def __len__(self) -> int:
+        """Batches one iteration yields: the epoch's, minus the ``start_batch`` already done."""
+        return len(self.plan) - self.start_batch
+
+    def __iter__(self) -> Iterator[PretrainBatch]:
+        cfg = self.cfg
+        dataset = _EpochDataset(self.plan, self.urls, self.start_batch, cfg)
+        workers = {}
+        if cfg.num_workers > 0:
+            workers = dict(num_workers=cfg.num_workers, worker_init_fn=init_worker,
+                           prefetch_factor=cfg.prefetch_factor,
+                           multiprocessing_context=process_context(cfg.worker_start))
+        loader = DataLoader(dataset, batch_size=None, collate_fn=_identity, pin_memory=cfg.pin_memory,
+                            **workers)
+        self._position = self.start_batch
+        for batch in loader:
+            # The plan relies on the DataLoader's round-robin order over workers; check it holds.
+            if batch.index != self._position:
+                raise RuntimeError(f"rank {self.rank}: got batch {batch.index}, expected {self._position}")
+            self._report(self.stats.add(batch))
+            self._position += 1
+            yield batch
+        if self._position != len(self.plan):
+            raise RuntimeError(f"rank {self.rank}: epoch ended after {self._position} of "
+                               f"{len(self.plan)} batches")
+
+    def _report(self, events: List[SkipEvent]) -> None:
+        for e in events:
+            if self._logged < _LOGGED_EVENTS:
+                log.warning("rank %d: skipped sample %s of %s: %s (%s)", self.rank, e.key, e.url,
+                            e.reason, e.detail)
+            elif self._logged == _LOGGED_EVENTS:
+                log.warning("rank %d: further skipped samples are counted in loader.stats, not logged",
+                            self.rank)
+            self._logged += 1
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Position to store in a checkpoint: epoch, batches consumed so far, and the run shape
+        the remaining batches depend on (checked by :meth:`load_state_dict`)."""
+        cfg = self.cfg
+        return {"version": STATE_VERSION, "epoch": self.epoch, "batches_done": self._position,
+                "num_batches": len(self.plan), "num_samples": self.manifest.num_samples,
+                "rank": self.rank, "world_size": self.world_size, "batch_size": self.batch_size,
+                "mode": cfg.mode, "seed": cfg.seed, "num_workers": cfg.num_workers,
+                "shuffle_buffer": cfg.shuffle_buffer, "drop_last": cfg.drop_last,
+                "batches_per_epoch": cfg.batches_per_epoch}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue where ``state`` left off (:func:`loader_state_to_start`), after checking that
+        this loader's run shape makes the same remaining batches."""
+        epoch, start = loader_state_to_start(state, self.cfg, self.batch_size, self.world_size)
+        if start > 0:
+            check(state["num_samples"] == self.manifest.num_samples, "shards",
+                  f"the checkpoint's epoch covers {state['num_samples']} samples, the manifest "
+                  f"has {self.manifest.num_samples}")
+        self.set_epoch(epoch, start)
+
+
+def loader_state_to_start(state: Dict[str, Any], cfg: Optional[PretrainDataConfig] = None,
+                          batch_size: Optional[int] = None,
+                          world_size: Optional[int] = None) -> Tuple[int, int]:
+    """``(epoch, start_batch)`` to pass to :func:`build_pretrain_loader` when resuming.
+
+    A finished epoch resumes at the start of the next, where any run shape is fine. Mid-epoch, the
+    remaining batches depend on the run shape: given ``cfg``/``batch_size``/``world_size``, a change
+    raises ConfigError naming the field.
+    """
+    if state.get("version") != STATE_VERSION:
+        raise ConfigError(f"loader state: version {state.get('version')!r}, expected {STATE_VERSION}")
+    epoch, done = int(state["epoch"]), int(state["batches_done"])
+    if done >= int(state["num_batches"]):
+        return epoch + 1, 0
+    if done == 0:
+        return epoch, 0
+    now: Dict[str, Any] = {}
+    if cfg is not None:
+        now.update({f"data.{k}": getattr(cfg, k) for k in
+                    ("mode", "seed", "num_workers", "shuffle_buffer", "drop_last", "batches_per_epoch")})
+    if batch_size is not None:
+        now["batch_size"] = batch_size
+    if world_size is not None:
+        now["world_size"] = world_size
+    for name, value in now.items():
+        check(state[name.removeprefix("data.")] == value, name,
+              f"resuming in the middle of epoch {epoch} needs the checkpoint's value "
+              f"{state[name.removeprefix('data.')]!r}, got {value!r} (or resume at an epoch boundary)")
+    return epoch, done
+
+
+def resolve_shards(cfg: PretrainDataConfig) -> Tuple[Manifest, List[str]]:
+    """The manifest and the URL of each of its shards, from ``cfg.shards``/``cfg.manifest``."""
+    import webdataset as wds
+
+    if cfg.manifest is None:
+        path = local_path(cfg.shards) or Path(cfg.shards)
+        manifest = load_manifest(path)
+        return manifest, shard_urls(path, manifest)
+    manifest = load_manifest(local_path(cfg.manifest) or Path(cfg.manifest))
+    urls = wds.shardlists.expand_urls(cfg.shards)
+    check(len(urls) == len(manifest.shards), "shards",
+          f"the URL spec gives {len(urls)} shards, the manifest {cfg.manifest} lists {len(manifest.shards)}")
+    for i, (url, record) in enumerate(zip(urls, manifest.shards)):
+        check(record.name in url, "shards",
+              f"URL {i} ({url}) does not name manifest shard {record.name}; the spec must list "
+              f"the manifest's shards in its order")
+    return manifest, urls
+
+
+def build_pretrain_loader(cfg: PretrainDataConfig, batch_size: int, rank: int, world_size: int,
+                          epoch: int = 0, start_batch: int = 0) -> PretrainLoader:
+    """The loader of rank ``rank`` of ``world_size`` (no torch.distributed needed), positioned at
+    ``start_batch`` of ``epoch`` (see :func:`loader_state_to_start`).
+
+    Raises:
+        ConfigError: bad arguments, or data too few for the run shape (message names the field).
+        FileNotFoundError, ManifestError: the manifest cannot be read.
+        ShardIntegrityError: ``cfg.verify`` found shards that do not match the manifest.
+    """
+    check(batch_size >= 1, "batch_size", f"must be >= 1, got {batch_size}")
+    check(world_size >= 1 and 0 <= rank < world_size, "rank",
+          f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
+    manifest, urls = resolve_shards(cfg)
+    mine = range(rank, len(urls), world_size) if cfg.verify == "sha256" else None
+    problems = verify_shards(manifest, urls, cfg.verify, mine)
+    if problems:
+        raise ShardIntegrityError("shards do not match the manifest: " + "; ".join(
+            f"{p.url}: {p.reason}" for p in problems))
+    return PretrainLoader(cfg, manifest, urls, batch_size, rank, world_size, epoch, start_batch)

@@ -1,0 +1,204 @@
+"""A segmentation Dataset over (image, index-label) PNG pairs, with mmseg's training transforms.
+
+Pairs come from the mmseg layout (``ROOT/img_dir/<split>/<name>.png`` with
+``ROOT/ann_dir/<split>/<name>.png``, as ``rsfm potsdam prepare`` writes; :func:`mmseg_pairs`) or from
+a dataset reader (LoveDA: :func:`rsfm_ds.data.seg.loveda.loveda_pairs`, with ``reduce_zero_label``).
+
+Training transforms, in mmseg's order: random crop of ``crop_size`` (with mmseg's ``cat_max_ratio``:
+up to 10 draws until no single class covers ``cat_max_ratio`` or more of the crop's scored pixels),
+random horizontal / vertical flip, optional photometric distortion (mmseg's
+``PhotoMetricDistortion``: brightness, contrast, saturation, hue, each with probability 1/2),
+normalisation, and padding to ``crop_size`` (image 0, label ``ignore_index``) where the image is
+smaller. Evaluation (``train=False``) returns the whole normalised image and its label; the caller
+slides windows (:mod:`rsfm_ds.evaluation.sliding_window`).
+
+Randomness is a function of ``(seed, epoch, index)`` only (call :meth:`SegDataset.set_epoch`), so
+augmentations do not depend on DataLoader workers and a resumed run sees the same crops.
+
+Data-efficiency subsets: :func:`rsfm_ds.data.subsets.select_fraction`, keyed by image file name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ...errors import ConfigError, DataError
+from .labels import apply_reduce_zero_label
+from ..subsets import select_fraction
+from ..images import IMAGENET_MEAN, IMAGENET_STD
+
+Pair = Tuple[Path, Optional[Path]]
+
+
+def mmseg_pairs(root: Union[str, Path], split: str, img_dir: str = "img_dir", ann_dir: str = "ann_dir",
+                suffix: str = ".png") -> List[Tuple[Path, Path]]:
+    """``(image, label)`` pairs of ``root/img_dir/split/*suffix`` and the same names in ``ann_dir``.
+
+    Raises:
+        FileNotFoundError: no images, or labels missing (named).
+    """
+    image_dir, label_dir = Path(root) / img_dir / split, Path(root) / ann_dir / split
+    images = sorted(image_dir.glob(f"*{suffix}"))
+    if not images:
+        raise DataError(f"no *{suffix} images in {image_dir}")
+    missing = [p.name for p in images if not (label_dir / p.name).is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} labels missing in {label_dir}: {', '.join(missing[:5])}"
+                                f"{' ...' if len(missing) > 5 else ''}")
+    return [(p, label_dir / p.name) for p in images]
+
+
+def photometric_distortion(img: np.ndarray, rng: np.random.Generator, brightness_delta: int = 32,
+                           contrast: Tuple[float, float] = (0.5, 1.5), saturation: Tuple[float, float] = (0.5, 1.5),
+                           hue_delta: int = 18) -> np.ndarray:
+    """mmseg's ``PhotoMetricDistortion`` on ``uint8 [H, W, 3]`` RGB; returns a new uint8 image."""
+    out = img.astype(np.float32)
+    if rng.random() < 0.5:
+        out += rng.uniform(-brightness_delta, brightness_delta)
+    contrast_first = rng.random() < 0.5
+    contrast_alpha = rng.uniform(*contrast) if rng.random() < 0.5 else None
+    if contrast_first and contrast_alpha is not None:
+        out *= contrast_alpha
+    hsv = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
+    if rng.random() < 0.5:
+        hsv[..., 1] *= rng.uniform(*saturation)
+    if rng.random() < 0.5:
+        hsv[..., 0] = (hsv[..., 0] + int(rng.integers(-hue_delta, hue_delta + 1))) % 180  # OpenCV hue: 0..179
+    out = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    if not contrast_first and contrast_alpha is not None:
+        out *= contrast_alpha
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+class SegDataset(Dataset):
+    """Images and index labels for training (random crops) or evaluation (whole images).
+
+    Items: ``{"image": float32 [3, H, W] normalised, "label": int64 [H, W] (ignore_index unscored),
+    "name": str}``; training crops have ``H = W = crop_size``. Pairs without a label (LoveDA Test)
+    give no ``"label"``.
+
+    Args:
+        pairs: ``(image path, label path or None)``; labels are single-channel uint8 PNGs.
+        train: random crop / flips / photometric; otherwise whole images, no augmentation.
+        crop_size: training crop side.
+        cat_max_ratio: mmseg's RandomCrop option (e.g. 0.75); ``None`` or 1.0 disables it.
+        hflip_prob, vflip_prob: flip probabilities in training.
+        photometric: apply :func:`photometric_distortion` in training.
+        mean, std: per-channel normalisation in [0, 1] units (ImageNet's by default).
+        ignore_index: label value that is not scored; also the label padding.
+        reduce_zero_label: apply mmseg's reduce-zero-label to labels (LoveDA raw masks).
+        fraction: keep this fraction of ``pairs`` (:func:`select_fraction`, keyed by image file name).
+        fraction_seed: seed of the subset (fixed per experiment, independent of ``seed``).
+        seed: augmentation seed.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], train: bool = True, crop_size: int = 512,
+                 cat_max_ratio: Optional[float] = None, hflip_prob: float = 0.5, vflip_prob: float = 0.0,
+                 photometric: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, ignore_index: int = 255, reduce_zero_label: bool = False,
+                 fraction: float = 1.0, fraction_seed: int = 0, seed: int = 0):
+        if crop_size < 1:
+            raise ConfigError(f"crop_size: must be >= 1, got {crop_size}")
+        if cat_max_ratio is not None and not 0.0 < cat_max_ratio <= 1.0:
+            raise ConfigError(f"cat_max_ratio: must be in (0, 1] or None, got {cat_max_ratio}")
+        if not 0 <= ignore_index <= 255:
+            raise ConfigError(f"ignore_index: labels are uint8 PNGs, need 0..255, got {ignore_index}")
+        for name, p in (("hflip_prob", hflip_prob), ("vflip_prob", vflip_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise ConfigError(f"{name}: must be in [0, 1], got {p}")
+        pairs = [(Path(i), None if l is None else Path(l)) for i, l in pairs]
+        keep = select_fraction([i.name for i, _ in pairs], fraction, fraction_seed)
+        self.pairs: List[Pair] = [pairs[k] for k in keep]
+        self.train = train
+        self.crop_size = crop_size
+        self.cat_max_ratio = cat_max_ratio
+        self.hflip_prob, self.vflip_prob = hflip_prob, vflip_prob
+        self.photometric = photometric
+        self.mean = np.asarray(mean, np.float32) * 255.0
+        self.std = np.asarray(std, np.float32) * 255.0
+        self.ignore_index = ignore_index
+        self.reduce_zero_label = reduce_zero_label
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of ``epoch`` (call before iterating each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Raw ``uint8 [H, W, 3]`` RGB image and ``uint8 [H, W]`` label (reduced if configured)."""
+        import mmcv
+
+        image_path, label_path = self.pairs[index]
+        image = mmcv.imread(str(image_path), flag="color", channel_order="rgb")
+        if image is None:
+            raise DataError(f"{image_path}: not a readable image")
+        if label_path is None:
+            return image, None
+        label = mmcv.imread(str(label_path), flag="unchanged")
+        if label is None:
+            raise DataError(f"{label_path}: not a readable image")
+        if label.ndim != 2:
+            raise DataError(f"{label_path}: expected a single-channel index label, got shape {label.shape}")
+        if label.shape != image.shape[:2]:
+            raise DataError(f"{label_path} is {label.shape[1]}x{label.shape[0]} but {image_path} is "
+                             f"{image.shape[1]}x{image.shape[0]}")
+        if self.reduce_zero_label:
+            label = apply_reduce_zero_label(label, self.ignore_index)
+        return image, label
+
+    def _crop_box(self, rng: np.random.Generator, label: Optional[np.ndarray], h: int, w: int) -> Tuple[int, int]:
+        """Top-left of a random crop; with ``cat_max_ratio``, mmseg's 10 tries for a mixed crop."""
+        ch, cw = min(self.crop_size, h), min(self.crop_size, w)
+
+        def draw() -> Tuple[int, int]:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+
+        y, x = draw()
+        if label is None or self.cat_max_ratio is None or self.cat_max_ratio >= 1.0:
+            return y, x
+        for _ in range(10):
+            counts = np.bincount(label[y:y + ch, x:x + cw].ravel(), minlength=256)
+            counts[self.ignore_index] = 0
+            scored = counts[counts > 0]
+            if len(scored) > 1 and scored.max() / scored.sum() < self.cat_max_ratio:
+                break
+            y, x = draw()
+        return y, x
+
+    def __getitem__(self, index: int) -> Dict[str, object]:
+        image, label = self.load(index)
+        name = self.pairs[index][0].name
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            h, w = image.shape[:2]
+            y, x = self._crop_box(rng, label, h, w)
+            s = self.crop_size
+            image = image[y:y + s, x:x + s]
+            label = None if label is None else label[y:y + s, x:x + s]
+            for prob, axis in ((self.hflip_prob, 1), (self.vflip_prob, 0)):
+                if rng.random() < prob:
+                    image = np.flip(image, axis)
+                    label = None if label is None else np.flip(label, axis)
+            if self.photometric:
+                image = photometric_distortion(np.ascontiguousarray(image), rng)
+        normalised = (image.astype(np.float32) - self.mean) / self.std
+        item: Dict[str, object] = {"name": name}
+        if self.train:
+            # Pad images smaller than the crop: 0 is the mean after normalisation, labels are ignored.
+            ph, pw = self.crop_size - normalised.shape[0], self.crop_size - normalised.shape[1]
+            normalised = np.pad(normalised, ((0, ph), (0, pw), (0, 0)))
+            if label is not None:
+                label = np.pad(label, ((0, ph), (0, pw)), constant_values=self.ignore_index)
+        item["image"] = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+        if label is not None:
+            item["label"] = torch.from_numpy(label.astype(np.int64))
+        return item

@@ -1,0 +1,205 @@
+"""What the pretraining and fine-tuning loops share: the run's set-up, the micro-batch loop with
+gradient accumulation, loss accounting, throughput, and resuming from a checkpoint.
+
+The loop (:func:`optimizer_steps`) is written once: for each micro-batch the caller's
+``micro_step`` runs forward, backward and ``engine.step()`` (DeepSpeed accumulates, clips and steps
+the optimizer on accumulation boundaries); after every optimizer step the generator yields, with
+the :class:`~rsfm_ds.engine.state.TrainState` advanced, so the caller logs, evaluates and saves.
+An epoch ends after ``steps_per_epoch`` whole optimizer steps, before any micro-batch that would
+straddle two epochs, so a checkpoint never points into the middle of an accumulation.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from .checkpointing import CheckpointManager, rank_rng_state, resharded_position, resharded_seed
+from .deepspeed_setup import device_for, init_distributed, load_ds_config, reconcile_ds_config
+from .state import TrainState, seed_all, set_rng_state
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class Run:
+    """This rank's place in the job and the job's DeepSpeed config.
+
+    Attributes:
+        run_dir: the run's output directory.
+        rank, local_rank, world: from the launcher (a world of one without one).
+        device: this rank's device.
+        ds_config: the DeepSpeed JSON with batch sizes, precision and clipping filled in.
+        accum: micro-batches per optimizer step on each rank.
+    """
+
+    run_dir: Path
+    rank: int
+    local_rank: int
+    world: int
+    device: torch.device
+    ds_config: Dict[str, Any]
+    accum: int
+
+
+def start_run(run_dir: str, train_cfg, clip_grad: Optional[float]) -> Run:
+    """Join the process group and check the DeepSpeed JSON against the run config (``train``
+    section: batch sizes, precision, ``ds_config``), before anything is built."""
+    rank, local_rank, world = init_distributed()
+    ds_config = reconcile_ds_config(
+        load_ds_config(train_cfg.ds_config), micro_batch_size=train_cfg.micro_batch_size,
+        global_batch_size=train_cfg.global_batch_size, world_size=world, precision=train_cfg.precision,
+        clip_grad=clip_grad, source=train_cfg.ds_config)
+    return Run(Path(run_dir), rank, local_rank, world, device_for(local_rank), ds_config,
+               ds_config["gradient_accumulation_steps"])
+
+
+def optimizer_steps(state: TrainState, epoch_batches: Callable[[int, int], Iterable[Any]],
+                    micro_step: Callable[[Any, bool], None], *, accum: int, steps_per_epoch: int,
+                    stop_step: int, global_batch_size: int) -> Iterator[None]:
+    """Run micro-batches until ``state.step == stop_step``, yielding after every optimizer step.
+
+    Args:
+        state: advanced in place: ``micro_in_epoch`` per micro-batch; ``step``, ``samples_seen``
+            and, at an epoch's end, ``epoch`` per optimizer step (before the yield, so a checkpoint
+            saved there resumes at the next micro-batch).
+        epoch_batches: ``(epoch, start) -> micro-batches`` of that epoch from micro-batch ``start``.
+        micro_step: ``(batch, starts_step)`` runs one micro-batch; ``starts_step`` is True for the
+            first micro-batch of an optimizer step (where the learning rate is set).
+        accum: micro-batches per optimizer step.
+        steps_per_epoch: optimizer steps per epoch; leftover micro-batches are not used.
+        stop_step: the step at which to stop.
+        global_batch_size: samples per optimizer step over all ranks.
+    """
+    micro_limit = steps_per_epoch * accum
+    while state.step < stop_step:
+        epoch_done = False
+        for batch in epoch_batches(state.epoch, state.micro_in_epoch):
+            micro_step(batch, state.micro_in_epoch % accum == 0)
+            state.micro_in_epoch += 1
+            if state.micro_in_epoch % accum:
+                continue
+            state.step += 1
+            state.samples_seen += global_batch_size
+            epoch_done = state.micro_in_epoch == micro_limit
+            if epoch_done:
+                state.epoch, state.micro_in_epoch = state.epoch + 1, 0
+            yield
+            if state.step == stop_step or epoch_done:
+                break
+        else:
+            raise RuntimeError(f"rank {dist.get_rank()}: the data ended after {state.micro_in_epoch} of "
+                               f"{micro_limit} micro-batches of epoch {state.epoch}")
+
+
+class LossMeter:
+    """Sums each loss over the micro-batches of a logging window, on the device (no host sync per
+    step), and notes the first step whose loss was not finite.
+
+    Sums are float64; :meth:`means` averages them over every rank's micro-batches. A non-finite
+    loss is found at the next :meth:`check_finite` (every log line and before every save), which
+    stops all ranks together, naming the first bad step and the rank.
+    """
+
+    def __init__(self, device: torch.device):
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+
+    def add(self, losses: Dict[str, torch.Tensor], step: int) -> None:
+        for key, value in losses.items():
+            value = value.detach()
+            self.sums[key] = self.sums.get(key, 0.0) + value.to(torch.float64)
+        total = losses["loss"].detach()
+        bad_now = ~torch.isfinite(total) & (self.first_bad_step < 0)
+        self.first_bad_step.copy_(torch.where(bad_now, torch.full_like(self.first_bad_step, step),
+                                              self.first_bad_step))
+
+    def check_finite(self, where: str) -> None:
+        """Raise :class:`NonFiniteLossError` on every rank when any rank saw a non-finite loss."""
+        bad = self.first_bad_step.clone()
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item() >= 0:
+            mine = self.first_bad_step.item()
+            rank = dist.get_rank()
+            raise NonFiniteLossError(
+                f"non-finite loss at step {mine if mine >= 0 else bad.item()} on rank "
+                f"{rank if mine >= 0 else 'another'}; stopping without saving (last complete checkpoint in "
+                f"{where})")
+
+    def means(self, count: int) -> Dict[str, float]:
+        """Mean of each loss over ``count`` micro-batches (of all ranks); resets the sums."""
+        keys = sorted(self.sums)
+        stacked = torch.stack([self.sums[k] for k in keys])
+        dist.all_reduce(stacked)
+        self.sums.clear()
+        return {k: v / count for k, v in zip(keys, stacked.tolist())}
+
+
+class ThroughputWindow:
+    """Host-side timing of the optimizer steps since the last log line (no device sync).
+
+    Attributes:
+        steps, samples: optimizer steps and samples (all ranks) in the window.
+        wait: seconds spent waiting for the data loader (:meth:`timed`).
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0, self.wait, self.steps, self.samples = time.perf_counter(), 0.0, 0, 0
+
+    def timed(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        """Yield from ``iterable``, adding the time spent waiting for each item to ``wait``."""
+        it = iter(iterable)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - t0
+            yield item
+
+    def rates(self) -> Dict[str, float]:
+        """``perf/images_per_s``, ``perf/step_time_s``, ``perf/data_wait_fraction``; resets."""
+        elapsed = time.perf_counter() - self.t0
+        out = {"perf/images_per_s": self.samples / elapsed,
+               "perf/step_time_s": elapsed / max(1, self.steps),
+               "perf/data_wait_fraction": self.wait / elapsed}
+        self.reset()
+        return out
+
+
+def restore(ckpt: CheckpointManager, engine, path: Path, run: Run, seed: int, global_batch_size: int,
+            steps_per_epoch: int, generator: Optional[torch.Generator] = None) -> Tuple[TrainState, str]:
+    """Load the checkpoint ``path`` into ``engine`` and the RNG streams; returns the position and
+    a note for the log.
+
+    At the world size that saved it, each rank takes back its own RNG states (exact resume). A
+    universal checkpoint at another world size keeps the data position in samples and reseeds
+    every stream from ``(seed, step, rank)`` (:mod:`rsfm_ds.engine.checkpointing` says why).
+    """
+    saved = ckpt.load(engine, path)
+    state = TrainState.from_client_state(saved)
+    if saved["world_size"] == run.world:
+        set_rng_state(rank_rng_state(path, run.rank, saved), generator)
+        return state, ""
+    state.epoch, state.micro_in_epoch = resharded_position(saved, global_batch_size, steps_per_epoch, run.accum)
+    new_seed = resharded_seed(seed, state.step, run.rank)
+    seed_all(new_seed)
+    if generator is not None:
+        generator.manual_seed(new_seed)
+    return state, (f"; saved by {saved['world_size']} ranks, now {run.world}: data position kept in samples "
+                   f"(epoch {state.epoch}, micro-batch {state.micro_in_epoch} of {steps_per_epoch * run.accum} "
+                   f"per rank), RNG streams reseeded from (seed, step, rank)")
+
+
+__all__ = ["Run", "start_run", "optimizer_steps", "LossMeter", "ThroughputWindow", "NonFiniteLossError",
+           "restore"]
