@@ -4,4 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/setup_env.sh
+# The SLURM tests need Debian's slurm and munge; install them where we can (root, apt-get), unless
+# the run leaves those tests out. Where they cannot be installed, the tests skip with the reason.
+case " $* " in
+  *"not slurm"*) ;;
+  *) bash launch/slurm/testbed.sh install >/dev/null 2>&1 \
+       || echo "[test] SLURM/MUNGE not installed (needs root and apt-get): the slurm tests will be skipped" ;;
+esac
 python -m pytest tests -c tests/pytest.ini "$@"

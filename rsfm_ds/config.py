@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import textwrap
 import types
 import typing
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Type, TypeVar, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Type, TypeVar, Union
 
 import yaml
 
@@ -34,6 +35,24 @@ def check(condition: bool, field: str, message: str) -> None:
     """Raise :class:`ConfigError` for ``field`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(f"{field}: {message}")
+
+
+@functools.lru_cache(maxsize=None)
+def _choice_fields(cls: type) -> Tuple[Tuple[str, Tuple[Any, ...]], ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, typing.get_args(hints[f.name])) for f in dataclasses.fields(cls)
+                 if typing.get_origin(hints[f.name]) is typing.Literal)
+
+
+def check_choices(cfg: Any) -> None:
+    """Check every ``Literal``-typed field of the dataclass ``cfg`` holds one of its choices.
+
+    Configs read from YAML and overrides are checked by coercion already; calling this from
+    ``__post_init__`` covers configs built directly in Python.
+    """
+    for name, choices in _choice_fields(type(cfg)):
+        value = getattr(cfg, name)
+        check(value in choices, name, f"expected one of {list(choices)}, got {value!r}")
 
 
 def _type_name(tp: Any) -> str:
@@ -239,5 +258,5 @@ def field_docs(cls: type) -> Dict[str, str]:
     return docs
 
 
-__all__ = ["ConfigError", "check", "load_config", "parse_overrides", "to_dict", "dump_yaml",
+__all__ = ["ConfigError", "check", "check_choices", "load_config", "parse_overrides", "to_dict", "dump_yaml",
            "field_docs"]

@@ -7,6 +7,8 @@ catch ``ValueError`` keep working.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 
 class UserError(Exception):
     """Something the user gave (a config value, an input file, a checkpoint) is wrong or missing."""
@@ -24,4 +26,13 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint or weights file is missing, incomplete, damaged or does not fit the model."""
 
 
-__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError"]
+def few(items: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` of ``items`` for a message, and how many there are when that is not all:
+    ``"a, b, c ... (12 in all)"``; ``"none"`` for no items."""
+    items = [str(i) for i in items]
+    if not items:
+        return "none"
+    return ", ".join(items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "few"]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from rsfm_ds.data.det.dior import (CORNER_TAGS, DIOR_CLASSES, annotation_dir, image_path, load_dior_annotations,
-                               normalize_dior_name, parse_dior_xml, read_image_set)
+                                   normalize_dior_name, parse_dior_xml, read_image_set)
 from rsfm_ds.data.det.dota import (DOTA_V1_CLASSES, DOTA_V2_CLASSES, AnnotationError, Detections,
-                               DotaAnnotation, dota_classes, format_dota_label, load_dota_labels,
-                               parse_dota_label, parse_dota_lines, read_task1_dir, read_task1_file,
-                               write_task1_dir)
+                                   DotaAnnotation, dota_classes, format_dota_label, load_dota_labels,
+                                   parse_dota_label, parse_dota_lines, read_task1_dir, read_task1_file,
+                                   write_task1_dir)
 from rsfm_ds.data.synth.detection import DIOR_NAMES, KINDS, synth_dior, synth_dota
 from rsfm_ds.errors import DataError
 

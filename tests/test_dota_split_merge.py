@@ -11,11 +11,11 @@ from shapely.geometry import Polygon, box
 
 from rsfm_ds.cli import main
 from rsfm_ds.data.det.dota import (DOTA_V2_CLASSES, AnnotationError, Detections, DotaAnnotation, load_dota_labels,
-                               parse_dota_label, read_task1_dir, write_task1_dir)
+                                   parse_dota_label, read_task1_dir, write_task1_dir)
 from rsfm_ds.data.det.merge import merge_detections, merge_dota, nms_per_image, patch_to_image
 from rsfm_ds.data.det.split import (SplitConfig, crop_window, format_patch_name, parse_patch_name,
-                                     polygon_rect_iof, resize_by_rate, sliding_windows, split_annotation,
-                                     split_dota)
+                                    polygon_rect_iof, resize_by_rate, sliding_windows, split_annotation,
+                                    split_dota)
 from rsfm_ds.data.synth.detection import synth_dota
 from rsfm_ds.errors import DataError
 

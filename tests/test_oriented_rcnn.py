@@ -36,14 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SYNTH_CLASSES = tuple(KINDS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tests run many small ops, and on a loaded 2-core machine a second
-    OpenMP thread spends its time waiting at barriers (a training step measured 10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_detector(num_classes=5, **roi):
@@ -51,8 +44,8 @@ def tiny_detector(num_classes=5, **roi):
     backbone = create_vitdet("debug", img_size=128, window_size=4, extra_p6=True, out_channels=32)
     rpn = OrientedRPNConfig(pre_nms_top_k_train=200, max_proposals_train=200, pre_nms_top_k_test=100,
                             max_proposals_test=100)
-    return OrientedRCNN(backbone, num_classes,
-                        OrientedRCNNConfig(rpn=rpn, roi=RotatedRoIConfig(**dict(dict(fc_dim=64, num_samples=64), **roi))))
+    roi_cfg = RotatedRoIConfig(**dict(dict(fc_dim=64, num_samples=64), **roi))
+    return OrientedRCNN(backbone, num_classes, OrientedRCNNConfig(rpn=rpn, roi=roi_cfg))
 
 
 def tiny_batch():
@@ -258,13 +251,10 @@ def test_init_module_keeps_the_backbone_and_head_rules_apart():
     assert not untouched, untouched
 
 
-def test_zero3_partitioned_build_initialises_like_a_plain_build(world_of_one, monkeypatch):
+def test_zero3_partitioned_build_initialises_like_a_plain_build(world_of_one):
     import deepspeed
 
     from rsfm_ds.engine.deepspeed_setup import build_model
-
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
-        monkeypatch.setenv(key, value)  # zero.Init reads them; the process group already exists
 
     ds_config = {"train_micro_batch_size_per_gpu": 1, "train_batch_size": 1, "zero_optimization": {"stage": 3}}
     model = build_model(tiny_detector, ds_config, zero_init=True)
@@ -484,13 +474,18 @@ def test_cli_finetune_det_parses_with_the_launcher_local_rank():
 # ----------------------------------------------------------------------------- evaluation
 
 @pytest.fixture
-def world_of_one():
-    if not dist.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+def world_of_one(monkeypatch):
+    """A one-rank gloo process group for the test (the engine joins it as the launcher's would),
+    destroyed after it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     yield
+    dist.destroy_process_group()
 
 
 class GroundTruthEcho(torch.nn.Module):
@@ -525,7 +520,7 @@ def test_evaluate_scores_writes_task1_and_merges_patches(tmp_path, world_of_one)
 # ----------------------------------------------------------------------------- learning
 
 @pytest.mark.slow
-def test_debug_detector_learns_synthetic_dota(tmp_path):
+def test_debug_detector_learns_synthetic_dota(tmp_path, world_of_one):
     from rsfm_ds.engine.finetune import finetune
 
     synth_dota(tmp_path / "train", images=64, seed=0, size=256)

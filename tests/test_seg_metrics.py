@@ -16,14 +16,8 @@ from rsfm_ds.evaluation.seg_metrics import (SegMetric, confusion_matrix, evaluat
 from rsfm_ds.evaluation.sliding_window import sliding_window_inference
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread. Several threads on a busy 2-core box spin against each other
-    (a 0.3 s test took 20 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 # rows = label, columns = prediction
 CONF = np.array([[3, 1, 0],
@@ -145,9 +139,8 @@ def test_evaluate_dirs_missing_predictions_are_named(tmp_path):
 # ----------------------------------------------------------------------------- sliding window
 
 def test_window_starts_grid():
-    starts = window_starts(6000, 512, 256)
-    assert len(starts) == math.ceil((6000 - 512) / 256) + 1 == 23
-    assert starts[:3] == [0, 256, 512] and starts[-1] == 6000 - 512
+    # Every 256 px while a whole window fits, then one window clamped to end at the border.
+    assert window_starts(6000, 512, 256) == list(range(0, 6000 - 512, 256)) + [6000 - 512]
     assert window_starts(512, 512, 256) == [0] and window_starts(300, 512, 256) == [0]
     assert window_starts(1024, 512, 384) == [0, 384, 512]
     with pytest.raises(ValueError, match="uncovered"):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import mmcv
 import numpy as np
@@ -10,22 +9,17 @@ import pytest
 import torch
 
 from rsfm_ds import cli
+from rsfm_ds.data.seg.dataset import SegDataset, mmseg_pairs, select_fraction
 from rsfm_ds.data.seg.loveda import LOVEDA_CLASSES, list_loveda, loveda_pairs, read_loveda_mask
 from rsfm_ds.data.seg.potsdam import (POTSDAM_PALETTE, TEST_TILES, TRAIN_TILES, class_names, colour_to_index,
-                                  crop_boxes, find_tiles, index_to_colour, prepare_potsdam, split_of, tile_path)
-from rsfm_ds.data.seg.dataset import SegDataset, mmseg_pairs, select_fraction
+                                      crop_boxes, find_tiles, index_to_colour, prepare_potsdam, split_of, tile_path)
 from rsfm_ds.data.synth.segmentation import (erode_boundaries, potsdam_synth_tiles, render_potsdam_tile, synth_loveda,
-                                    synth_potsdam)
+                                             synth_potsdam)
+from rsfm_ds.data.tiling import window_starts
 from rsfm_ds.errors import DataError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread (several spin against each other on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +80,15 @@ def test_eroded_black_is_ignored_and_unknown_colours_are_named():
 
 def test_crop_grid_of_a_6000_px_tile():
     boxes = crop_boxes(6000, 6000, 512, 256)
-    per_side = math.ceil((6000 - 512) / 256) + 1
-    assert per_side == 23 and len(boxes) == 529
-    assert all(x1 - x0 == 512 and y1 - y0 == 512 for x0, y0, x1, y1 in boxes)
+    # Row by row over the tiling rule every cropper shares (window_starts has its own test).
+    starts = window_starts(6000, 512, 256)
+    assert boxes == [(x, y, x + 512, y + 512) for y in starts for x in starts]
     coverage = np.zeros(6000, np.int32)  # the grid is separable: check one axis
     for x0 in sorted({b[0] for b in boxes}):
         coverage[x0:x0 + 512] += 1
     assert coverage.min() >= 1 and max(b[2] for b in boxes) == 6000
-    assert len(crop_boxes(1024, 1024, 512, 256)) == 9
+    assert crop_boxes(1024, 1024, 512, 256) == [(x, y, x + 512, y + 512) for y in (0, 256, 512)
+                                                for x in (0, 256, 512)]
     with pytest.raises(ValueError, match="smaller than the crop"):
         crop_boxes(300, 600, 512, 256)
 

@@ -1,7 +1,8 @@
 """The sbatch scripts against a real SLURM cluster: munged, slurmctld and slurmd on this machine.
 
-launch/slurm/testbed.sh starts a one-node cluster in a temporary directory (installing Debian's
-packages first when they are missing and we are root). Through ``sbatch`` the tests then run what
+launch/slurm/testbed.sh starts a one-node cluster in a temporary directory (Debian's packages,
+which `bash launch/test.sh` installs first where it runs as root; without them the tests are
+skipped with the reason). Through ``sbatch`` the tests then run what
 a user runs on a cluster, with CPU ranks instead of GPUs (``--gpus-per-node=0``, two ranks on the
 one node): debug MAE pretraining that must finish and leave a complete checkpoint; the same job
 resubmitted with more steps, which must resume from that checkpoint; and a two-cell study as an
@@ -121,14 +122,14 @@ def _name(record: Dict[str, str]) -> str:
 
 
 def _can_run_slurm() -> str:
-    """Why the testbed cannot run here, or '' when it can (installing the packages if needed)."""
+    """Why the testbed cannot run here, or '' when it can. The test installs nothing:
+    `bash launch/test.sh` installs the packages first where it can (`testbed.sh install`)."""
     if os.geteuid() != 0:
-        return "needs root (slurmd runs as root; installing SLURM needs apt-get as root)"
-    if all(shutil.which(tool) for tool in ("munged", "slurmctld", "slurmd", "sbatch")):
-        return ""
-    proc = subprocess.run(["bash", str(TESTBED), "install"], capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        return f"could not install SLURM/MUNGE with apt-get:\n{proc.stderr[-3000:]}"
+        return "needs root (slurmd runs as root)"
+    missing = [tool for tool in ("munged", "slurmctld", "slurmd", "sbatch") if not shutil.which(tool)]
+    if missing:
+        return (f"SLURM/MUNGE are not installed ({', '.join(missing)} missing); "
+                f"`bash launch/slurm/testbed.sh install` installs them (root, apt-get)")
     return ""
 
 

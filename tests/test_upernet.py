@@ -8,15 +8,8 @@ import torch.nn.functional as F
 from rsfm_ds.models.heads import FCNHead, UperNet, UperNetConfig, UperNetHead, resize_logits, segmentation_loss
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread. Several threads on a busy 2-core box spin against each other
-    (a 0.3 s test took 20 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def pyramid(batch=2, size=64, channels=32, requires_grad=False):
     feats = {f"p{i}": torch.randn(batch, channels, size // 2 ** i, size // 2 ** i) for i in (2, 3, 4, 5)}
@@ -55,7 +48,8 @@ def test_gradients_reach_every_parameter_and_every_level():
 def test_loss_values_ignore_and_aux_weight():
     torch.manual_seed(0)
     # GN: 32 groups of 2 channels, so the 1x1 pyramid-pooling cell has 2 values per group.
-    model = UperNet(4, in_channels=32, cfg=UperNetConfig(channels=64, aux_channels=64, aux_weight=0.4, norm="gn")).eval()
+    cfg = UperNetConfig(channels=64, aux_channels=64, aux_weight=0.4, norm="gn")
+    model = UperNet(4, in_channels=32, cfg=cfg).eval()
     feats = pyramid(batch=1)
     labels = torch.randint(0, 4, (1, 64, 64))
     labels[:, :10] = 255

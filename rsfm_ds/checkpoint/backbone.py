@@ -107,21 +107,21 @@ def infer_preset(shapes: Dict[str, Tuple[int, ...]]) -> Optional[str]:
 def check_preset(shapes: Dict[str, Tuple[int, ...]], preset: Optional[str], source: str) -> str:
     """The preset of backbone ``shapes``: ``preset`` (verified) or inferred.
 
-    Raises ValueError naming the first mismatched key and both shapes when the weights do not
+    Raises CheckpointError naming the first mismatched key and both shapes when the weights do not
     match ``preset``, or when no preset matches.
     """
     if preset is None:
         found = infer_preset(shapes)
         if found is None:
             raise CheckpointError(f"{source}: the backbone weights match no registered preset "
-                             f"({', '.join(PRESETS)})")
+                                  f"({', '.join(PRESETS)})")
         return found
     get_preset(preset)
     mismatch = first_mismatch(shapes, preset_shapes(preset))
     if mismatch is not None:
         key, have, want = mismatch
         raise CheckpointError(f"{source}: does not match preset {preset!r}: key {key!r} has shape "
-                         f"{_shape(have)} in the checkpoint, {_shape(want)} in the preset")
+                              f"{_shape(have)} in the checkpoint, {_shape(want)} in the preset")
     return preset
 
 
@@ -228,7 +228,7 @@ def mae_to_backbone(src: Union[str, Path], out: Union[str, Path], img_size: Opti
         tag: tag within a checkpoints folder.
 
     Raises:
-        ValueError: naming the key and both shapes when the weights do not fit their preset.
+        CheckpointError: naming the key and both shapes when the weights do not fit their preset.
     """
     return convert_backbone(src, Path(out), kind="backbone", tag=tag, dtype=dtype, img_size=img_size,
                             with_pos_embed=with_pos_embed)

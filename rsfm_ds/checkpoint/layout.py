@@ -97,7 +97,7 @@ def resolve_tag_dir(path: Union[str, Path], tag: Optional[str] = None) -> Path:
             (checkpoints written by other DeepSpeed programs).
 
     Raises:
-        FileNotFoundError: naming the folder, when no checkpoint is found.
+        CheckpointError: naming the folder, when no checkpoint is found.
     """
     path = Path(path)
     if tag is not None:
@@ -116,7 +116,7 @@ def resolve_tag_dir(path: Union[str, Path], tag: Optional[str] = None) -> Path:
     if latest.is_file() and is_tag_dir(path / latest.read_text().strip()):
         return path / latest.read_text().strip()
     raise CheckpointError(f"{path}: neither a DeepSpeed tag directory nor a checkpoints folder with a "
-                            f"complete tag ({COMPLETE_MARKER} marker) or a 'latest' file")
+                          f"complete tag ({COMPLETE_MARKER} marker) or a 'latest' file")
 
 
 def is_universal(tag_dir: Path) -> bool:
@@ -146,7 +146,7 @@ def saved_world_size(tag_dir: Path) -> int:
     n = len(optim_state_files(tag_dir))
     if n == 0:
         raise CheckpointError(f"{tag_dir}: no *_optim_states.pt files (a universal checkpoint, or "
-                                f"not a ZeRO checkpoint)")
+                              f"not a ZeRO checkpoint)")
     return n
 
 
@@ -165,5 +165,5 @@ def client_state(tag_dir: Path, rank: int = 0) -> Dict[str, Any]:
 
 
 __all__ = ["COMPLETE_MARKER", "tag_for", "is_tag_name", "is_complete", "mark_complete", "tag_dirs",
-           "complete_tags", "load_deepspeed_pickle", "is_tag_dir", "resolve_tag_dir", "is_universal", "optim_state_files",
-           "model_state_file", "saved_world_size", "read_model_states", "client_state"]
+           "complete_tags", "load_deepspeed_pickle", "is_tag_dir", "resolve_tag_dir", "is_universal",
+           "optim_state_files", "model_state_file", "saved_world_size", "read_model_states", "client_state"]

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, few
 from .backbone import map_to_backbone
 from .sources import TensorSource, open_source
 
@@ -92,7 +92,7 @@ def load_backbone(model: nn.Module, path: Union[str, Path], strict_backbone: boo
         A :class:`LoadReport`.
 
     Raises:
-        ValueError: a shape mismatch (first mismatched key, both shapes), or, when strict, missing
+        CheckpointError: a shape mismatch (first mismatched key, both shapes), or, when strict, missing
             backbone keys / unexpected checkpoint keys (listed).
     """
     prefix = prefix if not prefix or prefix.endswith(".") else prefix + "."
@@ -117,16 +117,16 @@ def load_backbone(model: nn.Module, path: Union[str, Path], strict_backbone: boo
         if key in provided and tuple(infos[provided[key]].shape) != _shape(tensor):
             preset = source.metadata.get("preset")
             raise CheckpointError(
-                f"{path}: backbone key {prefix + key!r} has shape {tuple(infos[provided[key]].shape)} in the "
-                f"checkpoint{f' (preset {preset})' if preset else ''} but {_shape(tensor)} in the model; "
-                f"the checkpoint is of another preset or architecture")
+                                  f"{path}: backbone key {prefix + key!r} has shape {tuple(infos[provided[key]].shape)} in the "
+                                  f"checkpoint{f' (preset {preset})' if preset else ''} but {_shape(tensor)} in the model; "
+                                  f"the checkpoint is of another preset or architecture")
     new = new_backbone_keys(backbone)
     report.missing_keys = [prefix + k for k in targets if k not in provided]
     lacking = [k for k in targets if k not in provided and k not in new]
     if strict_backbone and (lacking or report.unexpected_keys):
         raise CheckpointError(f"{path}: the checkpoint does not fit the backbone{f' at {prefix!r}' if prefix else ''}: "
-                         f"missing backbone keys {_few(lacking)}, unexpected checkpoint keys "
-                         f"{_few(report.unexpected_keys)}")
+                              f"missing backbone keys {few(lacking, 8)}, unexpected checkpoint keys "
+                              f"{few(report.unexpected_keys, 8)}")
 
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     for module_name, module in backbone.named_modules():
@@ -151,10 +151,6 @@ def _copy(tensors: List[Tuple[str, torch.Tensor]], local: str, provided: Dict[st
     with torch.no_grad():
         for name, tensor in tensors:
             tensor.data.copy_(source.get(provided[local + name]))
-
-
-def _few(keys: List[str], n: int = 8) -> str:
-    return "[]" if not keys else ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
 __all__ = ["LoadReport", "load_backbone", "new_backbone_keys"]

@@ -63,7 +63,7 @@ class ZeroSource(TensorSource):
         self.path = tag_dir
         if layout.is_universal(tag_dir):
             raise CheckpointError(f"{tag_dir}: a DeepSpeed universal checkpoint; convert the ZeRO checkpoint it "
-                             f"was made from, or resume training from it")
+                                  f"was made from, or resume training from it")
         state = layout.client_state(tag_dir)
         self.metadata = _client_metadata(state, source=str(tag_dir))
         self.metadata["world_size"] = str(layout.saved_world_size(tag_dir))
@@ -137,7 +137,7 @@ def open_source(path: Union[str, Path], tag: Optional[str] = None) -> TensorSour
     """A lazy reader for ``path`` (see the module docstring for what it may be).
 
     Raises:
-        FileNotFoundError / ValueError: naming ``path`` when it is none of the supported kinds.
+        CheckpointError: naming ``path`` when it is none of the supported kinds.
     """
     path = Path(path)
     if path.is_dir():
@@ -151,7 +151,7 @@ def open_source(path: Union[str, Path], tag: Optional[str] = None) -> TensorSour
     if path.suffix in _TORCH_SUFFIXES:
         return TorchFileSource(path)
     raise CheckpointError(f"{path}: unknown checkpoint kind; expected a DeepSpeed checkpoint directory, "
-                     f".safetensors, model.safetensors.index.json or a PyTorch {'/'.join(_TORCH_SUFFIXES)} file")
+                          f".safetensors, model.safetensors.index.json or a PyTorch {'/'.join(_TORCH_SUFFIXES)} file")
 
 
 def _client_metadata(state: Dict, source: str) -> Dict[str, str]:

@@ -22,7 +22,8 @@ def _zero_to_fp32(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("ckpt_dir", help="tag directory (.../checkpoints/step_00000020) or checkpoints folder")
     p.add_argument("out", help="output folder: model.safetensors, or shards + model.safetensors.index.json")
     p.add_argument("--tag", default=None, help=TAG_HELP)
-    p.add_argument("--max-shard-size", default="5GB", help="bytes per file at most, e.g. 5GB, 500MB, 2GiB (default 5GB)")
+    p.add_argument("--max-shard-size", default="5GB",
+                   help="bytes per file at most, e.g. 5GB, 500MB, 2GiB (default 5GB)")
 
     def run(args: argparse.Namespace) -> int:
         from ..checkpoint import zero_to_fp32

@@ -19,8 +19,9 @@ IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-def read_rgb(path: Union[str, Path]) -> np.ndarray:
-    """``uint8 [H, W, 3]`` RGB of any image OpenCV reads (PNG, JPEG, TIFF, BMP).
+def read_bgr(path: Union[str, Path]) -> np.ndarray:
+    """``uint8 [H, W, 3]`` in OpenCV's BGR order, of any image OpenCV reads (PNG, JPEG, TIFF,
+    BMP; grey and 4-channel files are converted).
 
     Raises:
         DataError: naming the file, when it is missing or OpenCV cannot decode it.
@@ -31,7 +32,12 @@ def read_rgb(path: Union[str, Path]) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise DataError(f"{path}: OpenCV could not read the image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
+
+
+def read_rgb(path: Union[str, Path]) -> np.ndarray:
+    """``uint8 [H, W, 3]`` RGB (:func:`read_bgr`, channels reversed)."""
+    return cv2.cvtColor(read_bgr(path), cv2.COLOR_BGR2RGB)
 
 
 def write_image(path: Union[str, Path], image: np.ndarray, params: Sequence[int] = ()) -> Path:
@@ -43,8 +49,8 @@ def write_image(path: Union[str, Path], image: np.ndarray, params: Sequence[int]
     path = Path(path)
     if not cv2.imwrite(str(path), image, list(params)):
         raise OSError(errno.EIO, "OpenCV could not write the image (full disk, missing folder or "
-                                 "unsupported format)", str(path))
+                      "unsupported format)", str(path))
     return path
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "read_rgb", "write_image"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "read_bgr", "read_rgb", "write_image"]

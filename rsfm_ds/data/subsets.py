@@ -18,7 +18,7 @@ def select_fraction(names: Sequence[str], fraction: float, seed: int = 0) -> Lis
     """Indices (ascending) into ``names`` of the seeded ``fraction`` subset (module doc: nested).
 
     Raises:
-        ValueError: ``fraction`` not in ``(0, 1]``, no names, or duplicate names.
+        ConfigError: ``fraction`` not in ``(0, 1]``; DataError: no names, or duplicate names.
     """
     if not 0.0 < fraction <= 1.0:
         raise ConfigError(f"fraction: must be in (0, 1], got {fraction}")

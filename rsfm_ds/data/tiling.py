@@ -22,7 +22,7 @@ def window_starts(length: int, crop: int, stride: int) -> List[int]:
     window at 0 (larger than the axis: the caller pads). E.g. 6000 px, crop 512, stride 256: 23.
 
     Raises:
-        ValueError: ``crop`` or ``stride`` < 1, or ``stride > crop`` (windows would leave gaps).
+        ConfigError: ``crop`` or ``stride`` < 1, or ``stride > crop`` (windows would leave gaps).
     """
     if crop < 1 or stride < 1:
         raise ConfigError(f"crop and stride must be >= 1, got crop={crop}, stride={stride}")

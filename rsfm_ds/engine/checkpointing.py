@@ -144,13 +144,16 @@ class CheckpointManager:
         return client_state
 
 
-def resume_ds_config(ds_config: Dict[str, Any], path: Path, world_size: int) -> Dict[str, Any]:
-    """The DeepSpeed config for resuming from the tag directory ``path`` with ``world_size`` ranks.
+def resume_ds_config(ds_config: Dict[str, Any], path: Optional[Path], world_size: int) -> Dict[str, Any]:
+    """The DeepSpeed config for resuming from the tag directory ``path`` (None: a fresh start, the
+    config unchanged) with ``world_size`` ranks.
 
     A universal checkpoint gets ``"checkpoint": {"load_universal": true}`` (DeepSpeed must know
     before it builds the optimizer). A ZeRO checkpoint written by another world size is refused
     here, before anything is built, with the conversion that makes it loadable.
     """
+    if path is None:
+        return ds_config
     if layout.is_universal(path):
         return {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
     saved = layout.saved_world_size(path)

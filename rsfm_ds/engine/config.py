@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Tuple
 
-from ..config import check
+from ..config import check, check_choices
 from ..data.pretrain.loader import PretrainDataConfig
 from ..models.mae import MAEConfig
 from ..models.vitdet import ViTDetConfig
@@ -85,6 +85,7 @@ class TrainConfig:
     value for the detected GPU, or leaves MFU out."""
 
     def __post_init__(self):
+        check_choices(self)
         check(self.micro_batch_size > 0, "micro_batch_size", f"must be positive, got {self.micro_batch_size}")
         check(self.global_batch_size >= self.micro_batch_size, "global_batch_size",
               f"{self.global_batch_size} is smaller than micro_batch_size {self.micro_batch_size}")
@@ -216,6 +217,7 @@ class ScheduleConfig:
     """Warm-up starts at lr x warmup_ratio."""
 
     def __post_init__(self):
+        check_choices(self)
         check(self.length > 0, "length", f"must be positive, got {self.length}")
         check(all(0 < m for m in self.milestones), "milestones", f"must be positive, got {self.milestones}")
         check(self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}")
@@ -242,6 +244,7 @@ class FinetuneTrainConfig:
     """Stop after this many optimizer steps (the schedule still spans schedule.length)."""
 
     def __post_init__(self):
+        check_choices(self)
         check(self.micro_batch_size > 0, "micro_batch_size", f"must be positive, got {self.micro_batch_size}")
         check(self.global_batch_size % self.micro_batch_size == 0, "global_batch_size",
               f"{self.global_batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")

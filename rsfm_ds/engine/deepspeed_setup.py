@@ -110,8 +110,8 @@ def reconcile_ds_config(ds_config: Dict[str, Any], *, micro_batch_size: int, glo
     per_step = micro_batch_size * world_size
     if global_batch_size % per_step:
         raise ConfigError(
-            f"train.global_batch_size: {global_batch_size} is not a multiple of micro_batch_size "
-            f"{micro_batch_size} x world size {world_size} = {per_step}")
+                          f"train.global_batch_size: {global_batch_size} is not a multiple of micro_batch_size "
+                          f"{micro_batch_size} x world size {world_size} = {per_step}")
     ds = copy.deepcopy(ds_config)
     _agree(ds, "train_micro_batch_size_per_gpu", micro_batch_size, "train.micro_batch_size", source)
     _agree(ds, "gradient_accumulation_steps", global_batch_size // per_step,

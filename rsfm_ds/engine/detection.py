@@ -35,14 +35,14 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..config import check
+from ..config import check, check_choices
 from ..data.det.dataset import (DetectionDataset, DetRecord, collate_detection, dior_records,
                                 dota_records, select_classes)
 from ..data.det.dota import DOTA_CLASS_LISTS, load_dota_labels, write_task1_dir
 from ..data.det.merge import merge_detections
 from ..data.det.split import parse_patch_name
 from ..data.subsets import select_fraction
-from ..errors import DataError
+from ..errors import DataError, few
 from ..evaluation.detection_results import predict, to_task1
 from ..evaluation.rotated_map import DEVKIT, MMROTATE, MapResult, class_list, evaluate_rotated_map
 from ..models.heads import OrientedRCNN, OrientedRCNNConfig
@@ -98,6 +98,7 @@ class DetDataConfig:
     """Seed of the training subset (fixed per study, nested across fractions)."""
 
     def __post_init__(self):
+        check_choices(self)
         if self.dataset == "dior":
             check(self.root is not None, "root", "the DIOR-R root is required for dataset dior")
             check(len(self.train_splits) > 0, "train_splits", "name at least one image set")
@@ -230,8 +231,8 @@ class DetectionTask(FinetuneTask):
         ids = sorted({parse_patch_name(i).image_id for i in patch_gt})
         missing = [i for i in ids if i not in anns]
         if missing:
-            raise DataError(f"data.val_full_labels: no label file for {len(missing)} image(s) "
-                                    f"of the patches, e.g. {', '.join(missing[:5])}")
+            raise DataError(f"data.val_full_labels: no label file for {len(missing)} image(s) of the patches: "
+                            f"{few(missing)}")
         records = [DetRecord(i, None, anns[i].polygons, anns[i].labels, anns[i].difficult) for i in ids]
         if tuple(self.classes) != tuple(dataset_classes):
             records = select_classes(records, dataset_classes, self.classes)

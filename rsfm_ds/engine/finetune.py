@@ -15,13 +15,14 @@ from typing import Any, Dict
 
 import torch
 
-from ..config import ConfigError, dump_yaml, to_dict
+from ..config import ConfigError, to_dict
 from ..models.presets import count_trainable, create_vit, get_preset
 from .checkpointing import CheckpointManager, resume_ds_config
 from .config import FinetuneConfig
 from .deepspeed_setup import build_model, initialize, model_dtype, peak_memory_bytes
 from .finetune_data import eval_loader, train_loader
-from .loop import LossMeter, Run, ThroughputWindow, optimizer_steps, restore, start_run
+from .loop import (LossMeter, Run, ThroughputWindow, describe_run, open_log, optimizer_steps, restore,
+                   start_run)
 from .metrics_log import TrainLogger
 from .param_groups import build_param_groups
 from .sampler import DistributedBatchSampler
@@ -39,7 +40,7 @@ def finetune(cfg: FinetuneConfig, task: FinetuneTask) -> Dict[str, Any]:
     """
     run = start_run(cfg.run_dir, cfg.train, cfg.optim.clip_grad)
     tcfg = cfg.train
-    stage = resolve_zero_stage(cfg, run.ds_config, tcfg.ds_config)["zero_optimization"]["stage"]
+    resolve_zero_stage(cfg, run.ds_config, tcfg.ds_config)
     train_set, eval_set = task.train_dataset(), task.eval_dataset()  # data problems fail before any model
     sampler = DistributedBatchSampler(len(train_set), tcfg.micro_batch_size, run.rank, run.world, seed=cfg.seed,
                                       min_batches=run.accum)
@@ -51,29 +52,14 @@ def finetune(cfg: FinetuneConfig, task: FinetuneTask) -> Dict[str, Any]:
     resume_from = ckpt.resume_path()
 
     seed_all(cfg.seed)  # identical initialisation on every rank
-    model = build_model(task.build_model, run.ds_config, cfg.backbone.zero_init)
-    load_note = load_pretrained(model, cfg.backbone.pretrained) if cfg.backbone.pretrained else "from scratch"
-    model.backbone.set_grad_checkpointing(cfg.backbone.grad_checkpointing,
-                                          use_reentrant=cfg.backbone.checkpoint_use_reentrant)
-    groups = build_param_groups(model, cfg.optim.weight_decay, layer_decay=cfg.optim.layer_decay,
-                                num_layers=get_preset(cfg.backbone.preset).depth, backbone_prefix="backbone.")
-    ds_config = resume_ds_config(run.ds_config, resume_from, run.world) if resume_from else run.ds_config
-    engine, optimizer = initialize(model, groups, ds_config, cfg.optim)
+    engine, optimizer, load_note = _build_engine(cfg, task, run, resume_from)
     seed_all(cfg.seed + 1 + run.rank)  # per-rank streams for dropout and drop path from here on
-    state, note = (restore(ckpt, engine, resume_from, run, cfg.seed, tcfg.global_batch_size, steps_per_epoch)
-                   if resume_from else (TrainState(), ""))
+    state, resumed = restore(ckpt, engine, resume_from, run, cfg.seed, tcfg.global_batch_size, steps_per_epoch)
+    logger = open_log(run, cfg, stop_step, state)
+    logger.line(f"fine-tuning {type(task).__name__}: backbone {cfg.backbone.preset} ({load_note}), "
+                f"{describe_run(run, tcfg, run.ds_config, steps_per_epoch, stop_step)}{resumed}")
 
-    logger = TrainLogger(run.run_dir, run.rank, stop_step, state.step, tensorboard=cfg.log.tensorboard,
-                         progress=cfg.log.progress)
-    if run.rank == 0:
-        (run.run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    logger.line(f"fine-tuning {type(task).__name__}: backbone {cfg.backbone.preset} ({load_note}), world "
-                f"{run.world}, ZeRO stage {stage}, {tcfg.precision}, global batch {tcfg.global_batch_size} = "
-                f"{tcfg.micro_batch_size} x {run.accum} x {run.world}, {steps_per_epoch} steps/epoch, {stop_step} "
-                f"steps" + (f", resumed from {resume_from} (step {state.step}){note}" if resume_from else ""))
-
-    dtype = model_dtype(tcfg.precision)
-    losses, window = LossMeter(run.device), ThroughputWindow()
+    dtype, losses, window = model_dtype(tcfg.precision), LossMeter(run.device), ThroughputWindow()
     metrics: Dict[str, float] = {}
 
     def client_state() -> Dict[str, Any]:
@@ -103,9 +89,7 @@ def finetune(cfg: FinetuneConfig, task: FinetuneTask) -> Dict[str, Any]:
                 _log(logger, optimizer, state, losses, window, run)
             if state.step % (cfg.eval.every * steps_per_unit) == 0 or state.step == stop_step:
                 metrics = _evaluate(task, engine, eval_set, cfg, run, dtype, state, logger)
-                score = metrics.get(task.primary_metric)
-                if cfg.eval.keep_best and score is not None and (state.best is None or score > state.best["score"]):
-                    state.best = dict(step=state.step, score=score, metric=task.primary_metric)
+                if _improves(cfg, state, metrics.get(task.primary_metric), task.primary_metric):
                     ckpt.save_best(engine, state.step, client_state(), state.best)
             if ckpt.due(state.step, stop_step):
                 losses.check_finite(str(ckpt.ckpt_dir))
@@ -115,6 +99,28 @@ def finetune(cfg: FinetuneConfig, task: FinetuneTask) -> Dict[str, Any]:
     finally:
         logger.close()
     return dict(step=state.step, metrics=metrics, best=state.best, run_dir=str(run.run_dir))
+
+
+def _build_engine(cfg: FinetuneConfig, task: FinetuneTask, run: Run, resume_from):
+    """The task's model (pretrained weights loaded, checkpointing set, layer-decay groups) in a
+    DeepSpeed engine; ``(engine, optimizer, a note on the weights)``."""
+    model = build_model(task.build_model, run.ds_config, cfg.backbone.zero_init)
+    load_note = load_pretrained(model, cfg.backbone.pretrained) if cfg.backbone.pretrained else "from scratch"
+    model.backbone.set_grad_checkpointing(cfg.backbone.grad_checkpointing,
+                                          use_reentrant=cfg.backbone.checkpoint_use_reentrant)
+    groups = build_param_groups(model, cfg.optim.weight_decay, layer_decay=cfg.optim.layer_decay,
+                                num_layers=get_preset(cfg.backbone.preset).depth, backbone_prefix="backbone.")
+    ds_config = resume_ds_config(run.ds_config, resume_from, run.world)  # before initialize: load_universal
+    engine, optimizer = initialize(model, groups, ds_config, cfg.optim)
+    return engine, optimizer, load_note
+
+
+def _improves(cfg: FinetuneConfig, state: TrainState, score, metric: str) -> bool:
+    """Whether ``score`` is the best evaluation so far; if so ``state.best`` records it."""
+    if not cfg.eval.keep_best or score is None or (state.best is not None and score <= state.best["score"]):
+        return False
+    state.best = dict(step=state.step, score=score, metric=metric)
+    return True
 
 
 def resolve_zero_stage(cfg: FinetuneConfig, ds_config: Dict[str, Any], source: str) -> Dict[str, Any]:

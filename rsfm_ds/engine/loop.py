@@ -18,8 +18,10 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from ..config import dump_yaml
 from .checkpointing import CheckpointManager, rank_rng_state, resharded_position, resharded_seed
-from .deepspeed_setup import device_for, init_distributed, load_ds_config, reconcile_ds_config
+from .deepspeed_setup import device_for, init_distributed, load_ds_config, reconcile_ds_config, zero_stage
+from .metrics_log import TrainLogger
 from .state import TrainState, seed_all, set_rng_state
 
 
@@ -58,6 +60,23 @@ def start_run(run_dir: str, train_cfg, clip_grad: Optional[float]) -> Run:
         clip_grad=clip_grad, source=train_cfg.ds_config)
     return Run(Path(run_dir), rank, local_rank, world, device_for(local_rank), ds_config,
                ds_config["gradient_accumulation_steps"])
+
+
+def open_log(run: Run, cfg, stop_step: int, state: TrainState) -> TrainLogger:
+    """The run's logger (``log`` section of ``cfg``; rank 0 writes), with the resolved config saved
+    as ``run_dir/config.yaml``."""
+    logger = TrainLogger(run.run_dir, run.rank, stop_step, state.step, tensorboard=cfg.log.tensorboard,
+                         progress=cfg.log.progress)
+    if run.rank == 0:
+        (run.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    return logger
+
+
+def describe_run(run: Run, train_cfg, ds_config: Dict[str, Any], steps_per_epoch: int, stop_step: int) -> str:
+    """The shape of the run for its first log line: world, ZeRO stage, precision, batch, length."""
+    return (f"world {run.world}, ZeRO stage {zero_stage(ds_config)}, {train_cfg.precision}, global batch "
+            f"{train_cfg.global_batch_size} = {train_cfg.micro_batch_size} x {run.accum} x {run.world}, "
+            f"{steps_per_epoch} steps/epoch, {stop_step} steps")
 
 
 def optimizer_steps(state: TrainState, epoch_batches: Callable[[int, int], Iterable[Any]],
@@ -128,9 +147,9 @@ class LossMeter:
             mine = self.first_bad_step.item()
             rank = dist.get_rank()
             raise NonFiniteLossError(
-                f"non-finite loss at step {mine if mine >= 0 else bad.item()} on rank "
-                f"{rank if mine >= 0 else 'another'}; stopping without saving (last complete checkpoint in "
-                f"{where})")
+                                     f"non-finite loss at step {mine if mine >= 0 else bad.item()} on rank "
+                                     f"{rank if mine >= 0 else 'another'}; stopping without saving (last complete checkpoint in "
+                                     f"{where})")
 
     def means(self, count: int) -> Dict[str, float]:
         """Mean of each loss over ``count`` micro-batches (of all ranks); resets the sums."""
@@ -177,29 +196,32 @@ class ThroughputWindow:
         return out
 
 
-def restore(ckpt: CheckpointManager, engine, path: Path, run: Run, seed: int, global_batch_size: int,
+def restore(ckpt: CheckpointManager, engine, path: Optional[Path], run: Run, seed: int, global_batch_size: int,
             steps_per_epoch: int, generator: Optional[torch.Generator] = None) -> Tuple[TrainState, str]:
     """Load the checkpoint ``path`` into ``engine`` and the RNG streams; returns the position and
-    a note for the log.
+    a note for the log (None: a fresh start, step 0 and no note).
 
     At the world size that saved it, each rank takes back its own RNG states (exact resume). A
     universal checkpoint at another world size keeps the data position in samples and reseeds
     every stream from ``(seed, step, rank)`` (:mod:`rsfm_ds.engine.checkpointing` says why).
     """
+    if path is None:
+        return TrainState(), ""
     saved = ckpt.load(engine, path)
     state = TrainState.from_client_state(saved)
+    note = f", resumed from {path} (step {state.step})"
     if saved["world_size"] == run.world:
         set_rng_state(rank_rng_state(path, run.rank, saved), generator)
-        return state, ""
+        return state, note
     state.epoch, state.micro_in_epoch = resharded_position(saved, global_batch_size, steps_per_epoch, run.accum)
     new_seed = resharded_seed(seed, state.step, run.rank)
     seed_all(new_seed)
     if generator is not None:
         generator.manual_seed(new_seed)
-    return state, (f"; saved by {saved['world_size']} ranks, now {run.world}: data position kept in samples "
+    return state, note + (f"; saved by {saved['world_size']} ranks, now {run.world}: data position kept in samples "
                    f"(epoch {state.epoch}, micro-batch {state.micro_in_epoch} of {steps_per_epoch * run.accum} "
                    f"per rank), RNG streams reseeded from (seed, step, rank)")
 
 
-__all__ = ["Run", "start_run", "optimizer_steps", "LossMeter", "ThroughputWindow", "NonFiniteLossError",
-           "restore"]
+__all__ = ["Run", "start_run", "open_log", "describe_run", "optimizer_steps", "LossMeter", "ThroughputWindow",
+           "NonFiniteLossError", "restore"]

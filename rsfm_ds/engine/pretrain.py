@@ -22,13 +22,14 @@ from typing import Any, Dict
 
 import torch
 
-from ..config import dump_yaml, to_dict
+from ..config import to_dict
 from ..data.pretrain.loader import build_pretrain_loader
 from ..errors import DataError
 from .checkpointing import CheckpointManager, resume_ds_config
 from .config import PretrainConfig
 from .deepspeed_setup import build_model, device_peak_tflops, initialize, model_dtype, peak_memory_bytes
-from .loop import LossMeter, Run, ThroughputWindow, optimizer_steps, restore, start_run
+from .loop import (LossMeter, Run, ThroughputWindow, describe_run, open_log, optimizer_steps, restore,
+                   start_run)
 from .metrics_log import TrainLogger
 from .param_groups import build_param_groups
 from .schedule import apply_lr, warmup_cosine
@@ -53,28 +54,18 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     seed_all(cfg.seed)  # identical initialisation on every rank
     model = build_model(mcfg.build, run.ds_config, mcfg.zero_init)
     model.set_grad_checkpointing(mcfg.grad_checkpointing, use_reentrant=mcfg.checkpoint_use_reentrant)
-    # Universal checkpoints need load_universal before initialize.
-    ds_config = resume_ds_config(run.ds_config, resume_from, run.world) if resume_from else run.ds_config
+    ds_config = resume_ds_config(run.ds_config, resume_from, run.world)  # before initialize: load_universal
     engine, optimizer = initialize(model, build_param_groups(model, ocfg.weight_decay), ds_config, ocfg)
     seed_all(cfg.seed + 1 + run.rank)  # per-rank streams for drop path and masking from here on
     generator = torch.Generator(device=run.device).manual_seed(cfg.seed * 1_000_003 + run.rank)
-    state, note = (restore(ckpt, engine, resume_from, run, cfg.seed, tcfg.global_batch_size, steps_per_epoch,
-                           generator) if resume_from else (TrainState(), ""))
+    state, resumed = restore(ckpt, engine, resume_from, run, cfg.seed, tcfg.global_batch_size, steps_per_epoch,
+                             generator)
+    logger = open_log(run, cfg, stop_step, state)
+    shape = describe_run(run, tcfg, ds_config, steps_per_epoch, stop_step)
+    logger.line(f"MAE pretraining: preset {mcfg.preset}, {shape}, peak lr {peak_lr:.3e}{resumed}")
 
-    logger = TrainLogger(run.run_dir, run.rank, stop_step, state.step, tensorboard=cfg.log.tensorboard,
-                         progress=cfg.log.progress)
-    if run.rank == 0:
-        (run.run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    logger.line(f"MAE pretraining: preset {mcfg.preset}, world {run.world}, ZeRO stage "
-                f"{ds_config.get('zero_optimization', {}).get('stage', 0)}, {tcfg.precision}, global batch "
-                f"{tcfg.global_batch_size} = {tcfg.micro_batch_size} x {run.accum} x {run.world}, {steps_per_epoch} "
-                f"steps/epoch, {stop_step} steps, peak lr {peak_lr:.3e}"
-                + (f", resumed from {resume_from} (step {state.step}){note}" if resume_from else ""))
-
-    dtype = model_dtype(tcfg.precision)
-    losses, window = LossMeter(run.device), ThroughputWindow()
-    flops = mcfg.train_flops()
-    peak_tflops = device_peak_tflops(run.device, tcfg.device_peak_tflops)
+    dtype, losses, window = model_dtype(tcfg.precision), LossMeter(run.device), ThroughputWindow()
+    perf = dict(flops=mcfg.train_flops(), peak_tflops=device_peak_tflops(run.device, tcfg.device_peak_tflops))
     last_loss = None
 
     def epoch_batches(epoch: int, start: int):
@@ -98,7 +89,7 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
             logger.step()
             if state.step % cfg.log.every_steps == 0 or state.step == stop_step:
                 losses.check_finite(str(ckpt.ckpt_dir))
-                last_loss = _log(logger, engine, optimizer, state, losses, window, run, flops, peak_tflops)
+                last_loss = _log(logger, engine, optimizer, state, losses, window, run, **perf)
             if ckpt.due(state.step, stop_step):
                 losses.check_finite(str(ckpt.ckpt_dir))
                 ckpt.save(engine, state.step, state.client_state(
@@ -120,13 +111,13 @@ def _steps_per_epoch(cfg: PretrainConfig, run: Run) -> int:
 
 
 def _log(logger: TrainLogger, engine, optimizer, state: TrainState, losses: LossMeter,
-         window: ThroughputWindow, run: Run, flops_per_sample: int, peak_tflops) -> float:
+         window: ThroughputWindow, run: Run, flops: int, peak_tflops) -> float:
     """Log the mean loss and throughput over the steps since the last log line."""
     loss = losses.means(window.steps * run.accum * run.world)["loss"]
     grad_norm = engine.get_global_grad_norm()
     scale = getattr(engine.optimizer, "cur_scale", None) if engine.fp16_enabled() else None
     perf = window.rates()
-    tflops = perf["perf/images_per_s"] * flops_per_sample / 1e12 / run.world  # per device
+    tflops = perf["perf/images_per_s"] * flops / 1e12 / run.world  # per device
     logger.scalars(state.step, {
         "train/loss": loss,
         "train/lr": optimizer.param_groups[0]["lr"],

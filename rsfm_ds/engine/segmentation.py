@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..config import check
+from ..config import check, check_choices
 from ..data.seg.loveda import LOVEDA_CLASSES, loveda_pairs
 from ..data.seg.dataset import SegDataset, mmseg_pairs
 from ..data.seg.potsdam import class_names as potsdam_class_names
@@ -62,6 +62,7 @@ class SegDataConfig:
     """Write index PNGs of the final evaluation to run_dir/eval/step_*/pred."""
 
     def __post_init__(self):
+        check_choices(self)
         check(self.num_classes > 1, "num_classes", f"must be > 1, got {self.num_classes}")
         check(0 <= self.ignore_index <= 255, "ignore_index", f"must be in 0..255, got {self.ignore_index}")
         check(self.crop_size % 32 == 0, "crop_size", f"must be a multiple of 32, got {self.crop_size}")

@@ -39,7 +39,7 @@ from typing import Dict, Mapping, Optional, Protocol, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, few
 from ..data.det.dior import DIOR_CLASSES, load_dior_annotations
 from ..data.det.dota import DOTA_CLASS_LISTS, Detections, load_dota_labels, read_task1_dir
 from ..ops.rotated import polygon_iou
@@ -200,12 +200,12 @@ def evaluate_class(dets: Detections, gts: Mapping[str, Tuple[np.ndarray, np.ndar
         protocol: matching and AP rules.
 
     Raises:
-        ValueError: a detection names an image missing from ``gts``.
+        DataError: a detection names an image missing from ``gts``.
     """
     missing = sorted(set(map(str, np.unique(dets.image_ids))) - set(gts))
     if missing:
         raise DataError(f"detections name {len(missing)} image(s) without ground truth, e.g. "
-                       f"{', '.join(repr(m) for m in missing[:5])}")
+                        f"{few([repr(m) for m in missing])}")
     difficult_all = [np.asarray(d, dtype=bool) for _, d in gts.values()]
     num_objects = sum(len(d) for d in difficult_all)
     npos = num_objects - (sum(int(d.sum()) for d in difficult_all) if protocol.ignore_difficult else 0)
@@ -243,7 +243,7 @@ def evaluate_rotated_map(detections: Mapping[str, Detections], ground_truth: Map
         protocol: :data:`DEVKIT` (default), :data:`MMROTATE` or any :class:`MapProtocol`.
 
     Raises:
-        ValueError: a class of ``detections`` is not in ``classes``, or a detection names an
+        DataError: a class of ``detections`` is not in ``classes``, or a detection names an
             image without ground truth (the message names the class and the images).
     """
     unknown = sorted(set(detections) - set(classes))
@@ -285,7 +285,7 @@ def load_ground_truth(labels: PathLike, dataset: str = "dota2",
             default every annotation file.
 
     Raises:
-        FileNotFoundError: no annotation folder, or a listed image without its file.
+        DataError: no annotation folder, or a listed image without its file.
         AnnotationError: a malformed annotation file.
     """
     classes = class_list(dataset)
@@ -299,8 +299,7 @@ def load_ground_truth(labels: PathLike, dataset: str = "dota2",
         return dict(found)
     missing = [i for i in image_ids if i not in found]
     if missing:
-        raise DataError(f"{folder}: no label file for {len(missing)} listed image(s), e.g. "
-                                f"{', '.join(missing[:5])}")
+        raise DataError(f"{folder}: no label file for {len(missing)} listed image(s): {few(missing)}")
     return {i: found[i] for i in image_ids}
 
 
@@ -311,8 +310,8 @@ def evaluate_task1(det_dir: PathLike, labels: PathLike, dataset: str = "dota2",
     See :func:`load_ground_truth` for ``labels`` and ``image_ids``.
 
     Raises:
-        FileNotFoundError, AnnotationError: unreadable inputs (the message names the file).
-        ValueError: detections on an image without ground truth.
+        DataError (AnnotationError): unreadable inputs (the message names the file).
+        DataError: detections on an image without ground truth.
     """
     classes = class_list(dataset)
     ground_truth = load_ground_truth(labels, dataset, image_ids)

@@ -17,9 +17,10 @@ and are kept for comparability with published mmseg numbers: a class absent from
 present in the labels but never predicted (P = 0) has IoU 0 and, because its precision is 0/0,
 F1 NaN as well. On a full test set every class is present and predicted, so neither occurs.
 
-``reduce_zero_label`` (:func:`~rsfm_ds.data.seg.labels.apply_reduce_zero_label`) is mmseg's rule for datasets whose label 0
-means "no data" (LoveDA): label 0 becomes the ignore index and every other label ``v`` becomes
-``v - 1``. It applies to labels, never to predictions, which are already in the reduced class space.
+``reduce_zero_label`` (:func:`~rsfm_ds.data.seg.labels.apply_reduce_zero_label`) is mmseg's rule
+for datasets whose label 0 means "no data" (LoveDA): label 0 becomes the ignore index and every
+other label ``v`` becomes ``v - 1``. It applies to labels, never to predictions, which are already
+in the reduced class space.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, few
 from ..data.seg.labels import apply_reduce_zero_label, read_index_png
 
 
@@ -50,7 +51,7 @@ def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
         source: name of the image, used in error messages.
 
     Raises:
-        ValueError: shapes differ, or a prediction / label value lies outside its range (the
+        DataError: shapes differ, or a prediction / label value lies outside its range (the
             message names ``source`` and the value).
     """
     where = f" in {source}" if source else ""
@@ -65,7 +66,7 @@ def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
     bad_label = (label < 0) | (label >= num_classes)
     if bool(bad_label.any()):
         raise DataError(f"label value {int(label[bad_label][0])} outside [0, {num_classes}) and not the "
-                         f"ignore index {ignore_index}{where}")
+                        f"ignore index {ignore_index}{where}")
     bad_pred = (pred < 0) | (pred >= num_classes)
     if bool(bad_pred.any()):
         raise DataError(f"prediction value {int(pred[bad_pred][0])} outside [0, {num_classes}){where}")
@@ -181,9 +182,9 @@ def evaluate_dirs(pred_dir: Union[str, Path], label_dir: Union[str, Path], num_c
     Every ``*.png`` in ``label_dir`` must have a prediction; extra prediction files are ignored.
 
     Raises:
-        FileNotFoundError: a directory is missing, holds no label PNG, or predictions are missing
+        DataError: a directory is missing, holds no label PNG, or predictions are missing
             (the message names up to 10 of them and the count).
-        ValueError: unreadable or multi-channel file, shape mismatch or value out of range (named).
+        DataError: unreadable or multi-channel file, shape mismatch or value out of range (named).
     """
     pred_dir, label_dir = Path(pred_dir), Path(label_dir)
     for d, what in ((pred_dir, "prediction"), (label_dir, "label")):
@@ -194,8 +195,7 @@ def evaluate_dirs(pred_dir: Union[str, Path], label_dir: Union[str, Path], num_c
         raise DataError(f"no *.png label files in {label_dir}")
     missing = [p.name for p in labels if not (pred_dir / p.name).is_file()]
     if missing:
-        raise DataError(f"{len(missing)} of {len(labels)} predictions missing in {pred_dir}: "
-                                f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        raise DataError(f"{len(missing)} of {len(labels)} predictions missing in {pred_dir}: {few(missing, 10)}")
     metric = SegMetric(num_classes, ignore_index, reduce_zero_label, class_names)
     for label_path in labels:
         pred_path = pred_dir / label_path.name

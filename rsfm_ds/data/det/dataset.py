@@ -103,7 +103,7 @@ def dota_records(folder: PathLike, classes: Sequence[str]) -> List[DetRecord]:
         classes: the dataset's class list (labels index it; an unknown class name is an error).
 
     Raises:
-        FileNotFoundError: no ``images/`` folder or no image in it, or ``labelTxt/`` exists but
+        DataError: no ``images/`` folder or no image in it, or ``labelTxt/`` exists but
             lacks the file of an image (both named).
         AnnotationError: a malformed label file.
     """
@@ -111,7 +111,7 @@ def dota_records(folder: PathLike, classes: Sequence[str]) -> List[DetRecord]:
     image_dir, label_dir = folder / "images", folder / "labelTxt"
     if not image_dir.is_dir():
         raise DataError(f"{image_dir}: no such folder (expected a DOTA-format folder with "
-                                f"images/ and labelTxt/)")
+                        f"images/ and labelTxt/)")
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
         raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
@@ -133,7 +133,7 @@ def dior_records(root: PathLike, splits: Sequence[str]) -> List[DetRecord]:
     """Records of the DIOR-R images listed in ``ImageSets/Main/<split>.txt`` for each split.
 
     Raises:
-        FileNotFoundError: a missing image-set file, annotation or image (named).
+        DataError: a missing image-set file, annotation or image (named).
         AnnotationError: a malformed XML.
     """
     records = []
@@ -154,7 +154,7 @@ def select_classes(records: Sequence[DetRecord], all_classes: Sequence[str],
     """Keep only objects of ``classes`` (a subset of ``all_classes``), relabelled to index it.
 
     Raises:
-        ValueError: a class of ``classes`` that ``all_classes`` lacks.
+        ConfigError: a class of ``classes`` that ``all_classes`` lacks.
     """
     unknown = [c for c in classes if c not in all_classes]
     if unknown:

@@ -176,7 +176,7 @@ def parse_dior_xml(path: PathLike) -> DiorAnnotation:
     line of the offending element, or of its parent when the element is missing).
 
     Raises:
-        FileNotFoundError: no such file.
+        DataError: no such file.
         AnnotationError: not well-formed XML, root not ``<annotation>``, an object without
             ``<name>`` / ``<robndbox>`` / a corner, a non-numeric value, an unknown class.
     """
@@ -221,14 +221,14 @@ def annotation_dir(path: PathLike) -> Path:
     """The XML folder for ``path``: a DIOR-R root, its ``Annotations`` folder or the XML folder.
 
     Raises:
-        FileNotFoundError: none of those exists.
+        DataError: none of those exists.
     """
     path = Path(path)
     for candidate in (path / ANNOTATION_SUBDIR, path / ANNOTATION_SUBDIR.name, path):
         if candidate.is_dir() and any(candidate.glob("*.xml")):
             return candidate
     raise DataError(f"{path}: no DIOR-R XML files here, in {ANNOTATION_SUBDIR.name}/ or in "
-                            f"{ANNOTATION_SUBDIR}/")
+                    f"{ANNOTATION_SUBDIR}/")
 
 
 def read_image_set(root: PathLike, split: str) -> List[str]:
@@ -237,8 +237,8 @@ def read_image_set(root: PathLike, split: str) -> List[str]:
     ``trainval`` reads ``trainval.txt`` when present, else ``train.txt`` then ``val.txt``.
 
     Raises:
-        ValueError: ``split`` is not one of train, val, trainval, test.
-        FileNotFoundError: the image-set file(s) are missing.
+        ConfigError: ``split`` is not one of train, val, trainval, test.
+        DataError: the image-set file(s) are missing.
     """
     if split not in SPLITS:
         raise ConfigError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
@@ -268,7 +268,7 @@ def load_dior_annotations(path: PathLike, image_ids: Optional[Iterable[str]] = N
         image_ids: only these images (e.g. :func:`read_image_set`); default every XML, sorted.
 
     Raises:
-        FileNotFoundError: no XML folder, or an XML missing for a requested id.
+        DataError: no XML folder, or an XML missing for a requested id.
         AnnotationError: see :func:`parse_dior_xml`.
     """
     folder = annotation_dir(path)

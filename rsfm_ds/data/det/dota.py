@@ -51,7 +51,7 @@ def dota_classes(version: str) -> Tuple[str, ...]:
     """The class list of a DOTA version: ``'dota1'`` (15), ``'dota1.5'`` (16) or ``'dota2'`` (18)."""
     if version not in DOTA_CLASS_LISTS:
         raise ConfigError(f"dataset: unknown DOTA version {version!r}; choose one of "
-                         f"{', '.join(DOTA_CLASS_LISTS)}")
+                          f"{', '.join(DOTA_CLASS_LISTS)}")
     return DOTA_CLASS_LISTS[version]
 
 
@@ -203,7 +203,7 @@ def parse_dota_label(path: PathLike, classes: Sequence[str] = DOTA_V2_CLASSES,
     """Read one ``labelTxt/<id>.txt`` file. See :func:`parse_dota_lines`.
 
     Raises:
-        FileNotFoundError: no such file.
+        DataError: no such file.
         AnnotationError: see :func:`parse_dota_lines`; also a file that is not UTF-8 text.
     """
     path = Path(path)
@@ -219,7 +219,7 @@ def load_dota_labels(label_dir: PathLike, classes: Sequence[str] = DOTA_V2_CLASS
     """Read every ``*.txt`` of ``label_dir``: ``{image id (file stem): annotation}``, sorted by id.
 
     Raises:
-        FileNotFoundError: ``label_dir`` is not a folder.
+        DataError: ``label_dir`` is not a folder.
         AnnotationError: see :func:`parse_dota_lines`.
     """
     label_dir = Path(label_dir)
@@ -339,7 +339,7 @@ def read_task1_dir(det_dir: PathLike, classes: Sequence[str]) -> Dict[str, Detec
     ``classes`` are an error (most often the wrong ``--dataset``).
 
     Raises:
-        FileNotFoundError: ``det_dir`` is not a folder.
+        DataError: ``det_dir`` is not a folder.
         AnnotationError: a malformed file, or a file for an unknown class.
     """
     det_dir = Path(det_dir)

@@ -32,7 +32,7 @@ def patch_to_image(dets: Detections) -> Detections:
     offset by the window corner and divided by the rate. Order kept.
 
     Raises:
-        ValueError: an image id that is not a patch name (the message quotes it and its index).
+        DataError: an image id that is not a patch name (the message quotes it and its index).
     """
     names, inverse = np.unique(dets.image_ids, return_inverse=True)
     parsed = []
@@ -66,7 +66,7 @@ def merge_detections(detections: Mapping[str, Detections], iou_thr: float = MERG
     and image).
 
     Raises:
-        ValueError: a detection whose image is not a patch name (message names the class).
+        DataError: a detection whose image is not a patch name (message names the class).
     """
     out = {}
     for name, dets in detections.items():
@@ -98,7 +98,7 @@ def merge_dota(src: PathLike, out: PathLike, iou_thr: float = MERGE_IOU_THR,
             the evaluation server expects; default: the classes with a file in ``src``.
 
     Raises:
-        FileNotFoundError: ``src`` is not a folder or holds no Task1 file.
+        DataError: ``src`` is not a folder or holds no Task1 file.
         AnnotationError: a malformed line, or a detection on an image that is not a patch name
             (the message names the file).
     """

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from ...errors import ConfigError, DataError
-from ..images import write_image
+from ..images import read_bgr, write_image
 from ..tiling import window_starts
 from .dota import DOTA_V2_CLASSES, DotaAnnotation, parse_dota_label, write_dota_label
 
@@ -111,12 +111,12 @@ def parse_patch_name(name: str) -> PatchName:
     """Inverse of :func:`format_patch_name`.
 
     Raises:
-        ValueError: ``name`` is not ``<image id>__<rate>__<x>___<y>`` (the message quotes it).
+        DataError: ``name`` is not ``<image id>__<rate>__<x>___<y>`` (the message quotes it).
     """
     m = _PATCH_NAME.match(name)
     if m is None or float(m["rate"]) <= 0:
         raise DataError(f"{name!r} is not a patch name <image id>__<rate>__<x>___<y> "
-                         f"(e.g. P0001__1__0___824)")
+                        f"(e.g. P0001__1__0___824)")
     return PatchName(m["image"], float(m["rate"]), int(m["x"]), int(m["y"]))
 
 
@@ -248,22 +248,6 @@ def crop_window(image: np.ndarray, window: Sequence[int], pad_value: Sequence[in
     return out
 
 
-def read_image(path: PathLike) -> np.ndarray:
-    """``uint8 [H, W, 3]`` BGR (grey and 4-channel files are converted).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: OpenCV cannot decode it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such image")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(f"{path}: OpenCV cannot decode this image")
-    return image
-
-
 def resize_by_rate(image: np.ndarray, rate: float) -> np.ndarray:
     """Resize by ``rate`` with bicubic interpolation (the devkit's), the identity for rate 1."""
     if rate == 1.0:
@@ -303,7 +287,7 @@ def split_image(image_path: PathLike, ann: Optional[DotaAnnotation], out_dir: Pa
     """
     out_dir = Path(out_dir)
     image_id = image_id or Path(image_path).stem
-    image = read_image(image_path)
+    image = read_bgr(image_path)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     if ann is not None:
         (out_dir / "labelTxt").mkdir(parents=True, exist_ok=True)
@@ -351,7 +335,7 @@ def split_dota(src: PathLike, out: PathLike, config: SplitConfig = SplitConfig()
         workers: processes (images are independent).
 
     Raises:
-        FileNotFoundError: no ``images/`` folder, or ``labelTxt/`` exists but lacks an image's file.
+        DataError: no ``images/`` folder, or ``labelTxt/`` exists but lacks an image's file.
         AnnotationError: a malformed label file (named with its line).
     """
     src, out = Path(src), Path(out)

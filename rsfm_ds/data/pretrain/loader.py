@@ -27,17 +27,17 @@ import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ...config import ConfigError, check
+from ...config import ConfigError, check, check_choices
 from .epoch_plan import EpochPlan, augment_seed, plan_exact_epoch, plan_resampled_epoch
-from .manifest import (VERIFY_LEVELS, Manifest, ShardIntegrityError, load_manifest, local_path, shard_urls,
+from .manifest import (Manifest, ShardIntegrityError, load_manifest, local_path, shard_urls,
                        verify_shards)
-from ..processes import START_METHODS, init_worker, process_context
+from ..processes import init_worker, process_context
 from .shard_reader import RawSample, SampleReader, SkipEvent
 from ..images import IMAGENET_MEAN, IMAGENET_STD
 from .transforms import CropFlip, hwc_to_chw, normalize_batch
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 PAD_KEY = "__padding__"
 STATE_VERSION = 1
-MODES = ("exact", "resampled")
 _LOGGED_EVENTS = 20  # skip events logged one by one; the rest are counted
 
 
@@ -72,7 +71,7 @@ class PretrainDataConfig:
     """Per-channel RGB mean subtracted after scaling to [0, 1]."""
     std: Tuple[float, float, float] = IMAGENET_STD
     """Per-channel RGB standard deviation divided by."""
-    mode: str = "exact"
+    mode: Literal["exact", "resampled"] = "exact"
     """"exact": every sample once per epoch over all ranks; "resampled": ``batches_per_epoch``
     batches per rank from shards drawn with replacement."""
     batches_per_epoch: Optional[int] = None
@@ -89,17 +88,18 @@ class PretrainDataConfig:
     images of memory per worker."""
     seed: int = 0
     """Seed of shard order, shuffling and augmentation."""
-    verify: str = "size"
+    verify: Literal["none", "size", "sha256"] = "size"
     """Check shards against the manifest when the loader is built: "none", "size" (local files:
     existence and byte size, free), or "sha256" (reads every shard; each rank checks a 1/world_size
     share). A mismatch raises ShardIntegrityError."""
     pin_memory: bool = False
     """Pin batches in page-locked memory (faster host-to-GPU copies)."""
-    worker_start: str = "forkserver"
+    worker_start: Literal["forkserver", "spawn", "fork"] = "forkserver"
     """How workers start: "forkserver" (default; safe in a process that runs threads, see
     rsfm_ds/data/processes.py), "spawn", or "fork" (only where the training process has no threads)."""
 
     def __post_init__(self) -> None:
+        check_choices(self)
         check(bool(self.shards), "shards", "must name a manifest.json or a shard URL spec")
         is_manifest = self.shards.endswith(".json")
         check(is_manifest or self.manifest is not None, "manifest",
@@ -113,7 +113,6 @@ class PretrainDataConfig:
         check(len(self.mean) == 3, "mean", f"needs 3 values, got {self.mean}")
         check(len(self.std) == 3 and all(s > 0 for s in self.std), "std",
               f"needs 3 positive values, got {self.std}")
-        check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
         if self.mode == "resampled":
             check(self.batches_per_epoch is not None and self.batches_per_epoch > 0,
                   "batches_per_epoch", "a positive number is required for mode=resampled")
@@ -123,9 +122,6 @@ class PretrainDataConfig:
         check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         check(self.prefetch_factor >= 1, "prefetch_factor", f"must be >= 1, got {self.prefetch_factor}")
         check(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
-        check(self.verify in VERIFY_LEVELS, "verify", f"must be one of {VERIFY_LEVELS}, got {self.verify!r}")
-        check(self.worker_start in START_METHODS, "worker_start",
-              f"must be one of {START_METHODS}, got {self.worker_start!r}")
 
 
 @dataclass
@@ -424,7 +420,7 @@ def build_pretrain_loader(cfg: PretrainDataConfig, batch_size: int, rank: int, w
 
     Raises:
         ConfigError: bad arguments, or data too few for the run shape (message names the field).
-        FileNotFoundError, ManifestError: the manifest cannot be read.
+        DataError (ManifestError): the manifest cannot be read.
         ShardIntegrityError: ``cfg.verify`` found shards that do not match the manifest.
     """
     check(batch_size >= 1, "batch_size", f"must be >= 1, got {batch_size}")

@@ -160,7 +160,7 @@ def load_manifest(path: Union[str, Path]) -> Manifest:
     """Read and check ``path``.
 
     Raises:
-        FileNotFoundError: no such file.
+        DataError: no such file.
         ManifestError: not JSON, wrong format or version, or a missing field (message names it).
     """
     path = Path(path)

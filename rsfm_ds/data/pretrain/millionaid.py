@@ -61,7 +61,7 @@ def scan_millionaid(root: Union[str, Path], split: str = "train") -> MillionAIDS
     shard writer validates them).
 
     Raises:
-        FileNotFoundError: ``root/<split>`` is not a folder.
+        DataError: ``root/<split>`` is not a folder.
     """
     root = Path(root)
     top = root / split

@@ -269,7 +269,7 @@ def write_millionaid_shards(root: Union[str, Path], out: Union[str, Path], split
         log: called with one line per finished shard.
 
     Raises:
-        FileNotFoundError: ``root/<split>`` is missing or holds no images.
+        DataError: ``root/<split>`` is missing or holds no images.
         ConfigError: an argument out of range (the message names it).
     """
     root, out = Path(root), Path(out)

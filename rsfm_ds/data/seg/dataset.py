@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ...errors import ConfigError, DataError
+from ...errors import ConfigError, DataError, few
 from .labels import apply_reduce_zero_label
 from ..subsets import select_fraction
 from ..images import IMAGENET_MEAN, IMAGENET_STD
@@ -40,7 +40,7 @@ def mmseg_pairs(root: Union[str, Path], split: str, img_dir: str = "img_dir", an
     """``(image, label)`` pairs of ``root/img_dir/split/*suffix`` and the same names in ``ann_dir``.
 
     Raises:
-        FileNotFoundError: no images, or labels missing (named).
+        DataError: no images, or labels missing (named).
     """
     image_dir, label_dir = Path(root) / img_dir / split, Path(root) / ann_dir / split
     images = sorted(image_dir.glob(f"*{suffix}"))
@@ -48,8 +48,7 @@ def mmseg_pairs(root: Union[str, Path], split: str, img_dir: str = "img_dir", an
         raise DataError(f"no *{suffix} images in {image_dir}")
     missing = [p.name for p in images if not (label_dir / p.name).is_file()]
     if missing:
-        raise DataError(f"{len(missing)} labels missing in {label_dir}: {', '.join(missing[:5])}"
-                                f"{' ...' if len(missing) > 5 else ''}")
+        raise DataError(f"{len(missing)} labels missing in {label_dir}: {few(missing)}")
     return [(p, label_dir / p.name) for p in images]
 
 
@@ -150,7 +149,7 @@ class SegDataset(Dataset):
             raise DataError(f"{label_path}: expected a single-channel index label, got shape {label.shape}")
         if label.shape != image.shape[:2]:
             raise DataError(f"{label_path} is {label.shape[1]}x{label.shape[0]} but {image_path} is "
-                             f"{image.shape[1]}x{image.shape[0]}")
+                            f"{image.shape[1]}x{image.shape[0]}")
         if self.reduce_zero_label:
             label = apply_reduce_zero_label(label, self.ignore_index)
         return image, label

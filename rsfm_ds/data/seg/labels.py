@@ -33,7 +33,7 @@ def read_index_png(path: Union[str, Path]) -> np.ndarray:
     """A single-channel index image as ``[H, W]`` in its stored dtype.
 
     Raises:
-        ValueError: naming the file, when it cannot be read or has more than one channel.
+        DataError: naming the file, when it cannot be read or has more than one channel.
     """
     import mmcv
 

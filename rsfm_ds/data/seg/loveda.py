@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ...errors import ConfigError, DataError
+from ...errors import ConfigError, DataError, few
 from .labels import apply_reduce_zero_label
 
 LOVEDA_CLASSES: Tuple[str, ...] = ("background", "building", "road", "water", "barren", "forest", "agriculture")
@@ -54,8 +54,8 @@ def list_loveda(root: Union[str, Path], split: str,
     """Samples of ``split`` (``Train``, ``Val``, ``Test``) in ``domains``, sorted by domain then id.
 
     Raises:
-        ValueError: unknown split or domain.
-        FileNotFoundError: a ``images_png`` folder is missing or empty, or an image of a labelled
+        ConfigError: unknown split or domain.
+        DataError: a ``images_png`` folder is missing or empty, or an image of a labelled
             split has no mask (the message names the files).
     """
     if split not in LOVEDA_SPLITS:
@@ -74,8 +74,7 @@ def list_loveda(root: Union[str, Path], split: str,
         if labelled:
             missing = [p.name for p in images if not (mask_dir / p.name).is_file()]
             if missing:
-                raise DataError(f"{len(missing)} masks missing in {mask_dir}: {', '.join(missing[:5])}"
-                                        f"{' ...' if len(missing) > 5 else ''}")
+                raise DataError(f"{len(missing)} masks missing in {mask_dir}: {few(missing)}")
         samples.extend(LoveDASample(p, mask_dir / p.name if labelled else None, split, domain) for p in images)
     return samples
 
@@ -84,7 +83,7 @@ def read_loveda_mask(path: Union[str, Path], reduce_zero_label: bool = True) -> 
     """A LoveDA mask as ``uint8 [H, W]``: raw 0..7, or 0..6 with 255 for no-data when reducing.
 
     Raises:
-        ValueError: unreadable, not single-channel, or a value above 7 (named with the file).
+        DataError: unreadable, not single-channel, or a value above 7 (named with the file).
     """
     import mmcv
 

@@ -52,7 +52,7 @@ from typing import Dict, List, Tuple, Union
 
 import numpy as np
 
-from ...errors import ConfigError, DataError
+from ...errors import ConfigError, DataError, few
 from ..images import read_rgb, write_image
 from ..tiling import window_starts
 
@@ -147,7 +147,7 @@ def colour_to_index(rgb: np.ndarray, protocol: int = 5, eroded: bool = False,
         source: file name for error messages.
 
     Raises:
-        ValueError: wrong shape/dtype, or colours outside the palette (names ``source``, up to five
+        DataError: wrong shape/dtype, or colours outside the palette (names ``source``, up to five
             colours and their pixel counts) unless ``unknown_to_ignore``.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -163,8 +163,8 @@ def colour_to_index(rgb: np.ndarray, protocol: int = 5, eroded: bool = False,
                                for c, n in zip(colours[top].tolist(), counts[top].tolist()))
             hint = "" if eroded else " (black is only valid in the eroded noBoundary labels)"
             raise DataError(f"{source or 'label'}: {n_unknown} pixels of {len(colours)} colours not in the "
-                             f"Potsdam palette{hint}: {listed}; pass unknown_to_ignore / --unknown-to-ignore "
-                             f"to map them to {IGNORE_INDEX}")
+                            f"Potsdam palette{hint}: {listed}; pass unknown_to_ignore / --unknown-to-ignore "
+                            f"to map them to {IGNORE_INDEX}")
         index = index.copy()
         index[unknown] = IGNORE_INDEX
     return index, n_unknown
@@ -222,8 +222,8 @@ def find_tiles(root: Union[str, Path], modality: str = "rgb") -> List[str]:
     """Tile ids whose image exists under ``root`` (release layout), sorted.
 
     Raises:
-        FileNotFoundError: the image folder is missing or holds no tile.
-        ValueError: a file name that does not parse or a tile id outside the train/test lists.
+        DataError: the image folder is missing or holds no tile.
+        DataError: a file name that does not parse or a tile id outside the train/test lists.
     """
     if modality not in MODALITIES:
         raise ConfigError(f"modality: expected one of {MODALITIES}, got {modality!r}")
@@ -268,8 +268,7 @@ def prepare_potsdam(root: Union[str, Path], out: Union[str, Path], protocol: int
     label_kind = "label_noBoundary" if eroded else "label"
     missing = [str(tile_path(root, t, label_kind)) for t in tiles if not tile_path(root, t, label_kind).is_file()]
     if missing:
-        raise DataError(f"{len(missing)} label files missing: {', '.join(missing[:5])}"
-                                f"{' ...' if len(missing) > 5 else ''}")
+        raise DataError(f"{len(missing)} label files missing: {few(missing)}")
     out = Path(out)
     report = PrepareReport(out=str(out), protocol=protocol, classes=list(class_names(protocol)),
                            ignore_index=IGNORE_INDEX, eroded=eroded, modality=modality, crop=crop, stride=stride,
@@ -283,7 +282,7 @@ def prepare_potsdam(root: Union[str, Path], out: Union[str, Path], protocol: int
         colour = read_rgb(label_path)
         if image.shape != colour.shape:
             raise DataError(f"{image_path} is {image.shape[1]}x{image.shape[0]} but {label_path} is "
-                             f"{colour.shape[1]}x{colour.shape[0]}")
+                            f"{colour.shape[1]}x{colour.shape[0]}")
         index, n_unknown = colour_to_index(colour, protocol, eroded, unknown_to_ignore, str(label_path))
         if n_unknown:
             report.unknown_pixels[label_path.name] = n_unknown

@@ -51,7 +51,7 @@ import torch
 from ...errors import ConfigError
 from ...ops.rotated import box_to_polygon, regularize_le90
 from ..det.dior import (ANNOTATION_SUBDIR, CORNER_TAGS, IMAGESET_SUBDIR, TEST_IMAGE_SUBDIR,
-                   TRAINVAL_IMAGE_SUBDIR)
+                        TRAINVAL_IMAGE_SUBDIR)
 from ..det.dota import DOTA_V2_CLASSES, DotaAnnotation, format_coordinates, write_dota_label
 from ..images import write_image
 
@@ -296,7 +296,7 @@ def synth_dota(out: PathLike, images: int = 50, seed: int = 0, size: int = 1024,
         first_id: ids are ``P{first_id + i:04d}``: give a second split distinct ids.
 
     Raises:
-        ValueError: ``images < 1`` or ``size < 256``.
+        ConfigError: ``images < 1`` or ``size < 256``.
     """
     _check(images, size)
     root = Path(out)
@@ -346,12 +346,12 @@ def synth_dior(out: PathLike, images: int = 50, seed: int = 0, size: int = 800, 
     ``n_test = round(test_fraction * images)`` are test.
 
     Raises:
-        ValueError: ``images < 1``, ``size < 256`` or fractions outside [0, 1) / summing to >= 1.
+        ConfigError: ``images < 1``, ``size < 256`` or fractions outside [0, 1) / summing to >= 1.
     """
     _check(images, size)
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ConfigError(f"val_fraction/test_fraction: need each in [0, 1) and a sum < 1, got "
-                         f"{val_fraction}, {test_fraction}")
+                          f"{val_fraction}, {test_fraction}")
     root = Path(out)
     n_test = int(round(test_fraction * images))
     n_trainval = images - n_test

@@ -256,7 +256,7 @@ def potsdam_synth_tiles(tiles: int) -> List[str]:
     """The real tile ids a synthetic release of ``tiles`` tiles uses: first train and test ids, ~24:14.
 
     Raises:
-        ValueError: ``tiles`` not in 1..38.
+        ConfigError: ``tiles`` not in 1..38.
     """
     total = len(TRAIN_TILES) + len(TEST_TILES)
     if not 1 <= tiles <= total:
@@ -276,7 +276,7 @@ def synth_potsdam(out: Union[str, Path], tiles: int = 4, seed: int = 0, size: in
     """Write ``tiles`` synthetic Potsdam tiles of ``size`` px in the release layout under ``out``.
 
     Raises:
-        ValueError: ``tiles`` not in 1..38 or ``size`` < 64.
+        ConfigError: ``tiles`` not in 1..38 or ``size`` < 64.
     """
     if size < 64:
         raise ConfigError(f"size: must be >= 64, got {size}")
@@ -385,7 +385,7 @@ def synth_loveda(out: Union[str, Path], images: int = 4, seed: int = 0, size: in
     Images alternate Urban / Rural; ids are consecutive integers over Train, Val, Test.
 
     Raises:
-        ValueError: ``images`` < 1 or ``size`` < 64.
+        ConfigError: ``images`` < 1 or ``size`` < 64.
     """
     if images < 1:
         raise ConfigError(f"images: must be >= 1, got {images}")

@@ -47,7 +47,7 @@ def verify_dataset(name: str, root: PathLike, expect_counts: str = "official",
     (sizes only when ``quick``).
 
     Raises:
-        ValueError: unknown dataset, ``expect_counts`` or split name.
+        ConfigError: unknown dataset, ``expect_counts`` or split name.
     """
     if name not in VERIFIERS:
         raise ConfigError(f"dataset: expected one of {', '.join(VERIFIERS)}, got {name!r}")

@@ -77,7 +77,7 @@ def load_checksum_manifest(path: PathLike) -> Tuple[Dict[str, object], Dict[str,
     """The manifest and, per file entry, its line in the file (for messages).
 
     Raises:
-        ValueError: not JSON, another format, or a version this code does not read (named).
+        DataError: not JSON, another format, or a version this code does not read (named).
     """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
@@ -89,7 +89,7 @@ def load_checksum_manifest(path: PathLike) -> Tuple[Dict[str, object], Dict[str,
         raise DataError(f"{path}: not an {MANIFEST_FORMAT} manifest (written by rsfm datasets manifest)")
     if manifest.get("format_version") != MANIFEST_VERSION:
         raise DataError(f"{path}: format_version {manifest.get('format_version')!r}, this version of "
-                         f"rsfm-ds reads {MANIFEST_VERSION}; write it again with rsfm datasets manifest")
+                        f"rsfm-ds reads {MANIFEST_VERSION}; write it again with rsfm datasets manifest")
     lines = {}
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip().rstrip(",")

@@ -88,7 +88,7 @@ def verify_dior_r(root: PathLike, expect_counts: str = "official",
     XMLs and images outside every checked set are warnings; official counts and 800x800 images.
     """
     from ..det.dior import (ANNOTATION_SUBDIR, IMAGESET_SUBDIR, TEST_IMAGE_SUBDIR, TRAINVAL_IMAGE_SUBDIR,
-                       AnnotationError, parse_dior_xml)
+                            AnnotationError, parse_dior_xml)
 
     root = Path(root)
     report = VerifyReport("dior_r", root)

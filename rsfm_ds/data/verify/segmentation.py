@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from ...errors import few
 from .files import check_images, check_split_names, default_splits, list_files, need_dir
 from .report import OFFICIAL_SIZES, PathLike, VerifyReport, check_counts
 
@@ -66,8 +67,7 @@ def verify_potsdam(root: PathLike, expect_counts: str = "official",
             absent = [t for t in wanted[split] if t not in images]
             if absent and expect_counts == "official":
                 report.error(root / TILE_FILES["rgb"][0],
-                             f"{len(absent)} {split} tiles missing: {', '.join(absent[:5])}"
-                             f"{' ...' if len(absent) > 5 else ''}")
+                             f"{len(absent)} {split} tiles missing: {few(absent)}")
     size = OFFICIAL_SIZES["potsdam"] if expect_counts == "official" else None
     for tile in sorted(set(tiles.get("irrg", {})) - set(images)):
         report.warning(tiles["irrg"][tile], "IRRG tile without an RGB tile")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms, box_iou
 
-from ...config import check
+from ...config import check, check_choices
 from ...ops.rotated import MidpointOffsetCoder, batched_nms_rotated
 from .assign_sample import check_sampling, max_iou_assign, random_sample
 
@@ -78,6 +78,7 @@ class OrientedRPNConfig:
     """Beta of the smooth-L1 regression loss (mmrotate's 1/9)."""
 
     def __post_init__(self):
+        check_choices(self)
         check(self.anchor_scale > 0, "anchor_scale", f"must be positive, got {self.anchor_scale}")
         check(len(self.anchor_ratios) > 0 and all(r > 0 for r in self.anchor_ratios), "anchor_ratios",
               f"need one or more positive ratios, got {self.anchor_ratios}")

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...config import check
+from ...config import check, check_choices
 
 NORMS = ("bn", "gn")
 
@@ -59,11 +59,11 @@ class UperNetConfig:
     """Grid sizes of the pyramid pooling module."""
 
     def __post_init__(self):
+        check_choices(self)
         check(self.channels > 0, "channels", f"must be positive, got {self.channels}")
         check(self.aux_weight >= 0, "aux_weight", f"must be >= 0, got {self.aux_weight}")
         check(self.aux_channels > 0, "aux_channels", f"must be positive, got {self.aux_channels}")
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
-        check(self.norm in NORMS, "norm", f"must be bn or gn, got {self.norm!r}")
         check(len(self.pool_scales) > 0 and all(s > 0 for s in self.pool_scales), "pool_scales",
               f"need one or more positive sizes, got {self.pool_scales}")
 
