@@ -135,6 +135,8 @@ def _build(cls: Type[T], data: Dict[str, Any], where: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         field = fields[name]
+        if dataclasses.is_dataclass(hints[name]) and value is None:
+            value = {}  # a section with nothing under it: its defaults
         if (dataclasses.is_dataclass(hints[name]) and isinstance(value, dict)
                 and field.default_factory is not dataclasses.MISSING):
             # A section given in part keeps the defaults of the fields it does not name.
@@ -179,11 +181,22 @@ def parse_overrides(overrides: Iterable[str]) -> Dict[str, Any]:
     return tree
 
 
-def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+def _merge(base: Dict[str, Any], update: Dict[str, Any], source: str = "", where: str = "") -> Dict[str, Any]:
+    """``update`` laid over ``base`` key by key, sections (mappings) merged recursively.
+
+    A section that ``update`` leaves empty (``train:`` with nothing under it reads as null) keeps
+    ``base``'s; anything else where ``base`` has a section is an error naming it, rather than a
+    silent reset of the whole section to its defaults.
+    """
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        if isinstance(out.get(key), dict):
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                prefix = f"{source}: " if source else ""
+                raise ConfigError(f"{prefix}{where}{key}: a section takes field: value lines, got {value!r}")
+            out[key] = _merge(out[key], value, source, f"{where}{key}.")
         else:
             out[key] = value
     return out
@@ -201,10 +214,16 @@ def load_config(cls: Type[T], path: Optional[Union[str, Path]] = None,
         tree = _read_yaml(Path(path))
     if data:
         tree = _merge(tree, data)
+    overrides = list(overrides)
     tree = _merge(tree, parse_overrides(overrides))
     try:
         return _build(cls, tree)
     except ConfigError as e:
+        # Name where the faulty value came from: a command-line override or the file.
+        field = str(e).split(":", 1)[0]
+        keys = [o.split("=", 1)[0].strip() for o in overrides]
+        if any(field == k or field.startswith((k + ".", k + "[")) for k in keys):
+            raise ConfigError(f"override {e}") from None
         if path is not None:
             raise ConfigError(f"{path}: {e}") from None
         raise
@@ -221,7 +240,7 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = tree.pop("_base_", None)
     if base is not None:
-        tree = _merge(_read_yaml((path.parent / base).resolve()), tree)
+        tree = _merge(_read_yaml((path.parent / base).resolve()), tree, str(path))
     return tree
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config import ConfigError, check, load_config
+from .engine.launcher_guard import tied_child
 from .engine.tasks import TASKS, get_task
 
 STUDY_FORMAT_VERSION = 1
@@ -230,7 +231,8 @@ def prepare(cfg: StudyConfig, log=print) -> None:
         for i, command in enumerate(commands):
             log(f"[study] data of {d.name} [{i + 1}/{len(commands)}]: {command}")
             sys.stdout.flush()  # our line before the command's output
-            code = subprocess.run([sys.executable, "-m", "rsfm_ds.cli", *shlex.split(command)[1:]]).returncode
+            code = subprocess.run([sys.executable, "-m", "rsfm_ds.cli", *shlex.split(command)[1:]],
+                                  **tied_child()).returncode
             if code != 0:
                 raise ConfigError(f"datasets.{d.name}.prepare[{i}]: {command!r} exited with {code}")
         record.parent.mkdir(parents=True, exist_ok=True)
@@ -309,7 +311,7 @@ def run_local(cfg: StudyConfig, config_path: str, overrides: Sequence[str] = (),
         t0 = time.perf_counter()
         with open(launch_log, "a") as out:
             code = subprocess.run(cell_command(cfg, config_path, overrides, cell.index), env=env,
-                                  stdout=out, stderr=subprocess.STDOUT).returncode
+                                  stdout=out, stderr=subprocess.STDOUT, **tied_child()).returncode
         if code != 0 or not cell.result_path(cfg).is_file():
             failed.append(cell.index)
             log(f"{tag}: FAILED (exit {code}) after {time.perf_counter() - t0:.0f} s; see {launch_log}")

@@ -89,3 +89,29 @@ def test_a_section_given_in_part_keeps_its_other_defaults(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("name: a\noptim:\n  lr: 0.5\n")
     assert load_config(Run, path).optim == Optim(lr=0.5, betas=(0.9, 0.95))
+
+
+def test_an_empty_child_section_keeps_the_base_files_values(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\noptim:\n  lr: 0.5\n  betas: [0.8, 0.9]\n")
+    # `optim:` with only a comment under it reads as null; an override then names one field of it.
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\noptim:\n  # lr comes from base.yaml\n")
+    cfg = load_config(Run, tmp_path / "child.yaml", ["optim.betas=[0.7, 0.8]"])
+    assert cfg.optim == Optim(lr=0.5, betas=(0.7, 0.8))
+    assert load_config(Run, tmp_path / "child.yaml").optim == Optim(lr=0.5, betas=(0.8, 0.9))
+
+
+def test_a_child_section_that_is_not_a_mapping_is_refused_naming_it(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\noptim:\n  lr: 0.5\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\noptim:\n  - lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"child\.yaml: optim: a section takes field: value lines"):
+        load_config(Run, tmp_path / "child.yaml", ["optim.lr=0.2"])
+
+
+def test_an_error_in_an_override_names_the_override_not_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: a\n")
+    with pytest.raises(ConfigError, match=r"^override optim\.lr: expected a number"):
+        load_config(Run, path, ["optim.lr=abc"])
+    path.write_text("name: a\noptim:\n  lr: abc\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: optim\.lr: expected a number"):
+        load_config(Run, path, ["steps=3"])

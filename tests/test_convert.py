@@ -128,6 +128,35 @@ def test_newest_complete_tag_wins_over_latest(ckpts, tmp_path):
     assert layout.resolve_tag_dir(copy) == copy / "step_00000002"
 
 
+@pytest.mark.distributed
+def test_conversion_names_a_damaged_file_and_warns_on_an_unmarked_tag(ckpts, tmp_path, capsys, caplog):
+    from rsfm_ds.cli import main
+
+    copy = tmp_path / "checkpoints"
+    shutil.copytree(ckpts, copy)
+    cut = copy / "step_00000002" / "zero_pp_rank_1_mp_rank_00_model_states.pt"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # a partial copy
+    for source in [copy, copy / "step_00000002"]:  # the newest tag, or named
+        assert main(["convert", "zero-to-fp32", str(source), str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert f"damaged checkpoint: {cut}: not a whole torch file" in err, err
+        assert "an older complete checkpoint: --tag step_00000001" in err
+    cut.unlink()
+    assert main(["convert", "reshard", str(copy), str(tmp_path / "universal")]) == 2
+    assert f"{cut}: missing (rank 1 of 2)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "universal").exists()
+
+    # A tag cut off before its COMPLETE marker, but whole, converts with a warning.
+    (copy / "step_00000001" / layout.COMPLETE_MARKER).unlink()
+    with caplog.at_level("WARNING", logger="rsfm_ds.checkpoint.layout"):
+        zero_to_fp32(copy / "step_00000001", tmp_path / "unmarked")
+    assert "step_00000001 has no COMPLETE marker" in caplog.text
+    zero_to_fp32(ckpts / "step_00000001", tmp_path / "marked")
+    unmarked = load_file(tmp_path / "unmarked" / "model.safetensors")
+    marked = load_file(tmp_path / "marked" / "model.safetensors")
+    assert list(unmarked) == list(marked) and all(torch.equal(unmarked[k], v) for k, v in marked.items())
+
+
 # --- backbone, position table, timm ---------------------------------------------------------------
 
 @pytest.mark.distributed

@@ -1,6 +1,7 @@
 """Engine pieces that need no process group: DeepSpeed config reconciliation, schedules,
 parameter groups, checkpoint bookkeeping, the run config."""
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -94,12 +95,22 @@ def manager(ckpt_dir, resume="auto", keep_last=3):
     return CheckpointManager(ckpt_dir, every_steps=10, keep_last=keep_last, resume=resume)
 
 
+def fake_tag(ckpt_dir, step, complete=True, world=2):
+    """A ZeRO-3 tag as DeepSpeed lays it out: per rank a model-states file (with our client state)
+    and an optimizer file, small but real torch archives."""
+    tag = ckpt_dir / layout.tag_for(step)
+    tag.mkdir(parents=True)
+    for rank in range(world):
+        torch.save({"step": step, "world_size": world}, tag / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
+        torch.save({"optimizer_state_dict": {}}, tag / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    if complete:
+        layout.mark_complete(tag, step)
+    return tag
+
+
 def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
     for step, complete in [(10, True), (20, True), (30, False)]:
-        d = tmp_path / layout.tag_for(step)
-        d.mkdir()
-        if complete:
-            (d / layout.COMPLETE_MARKER).write_text(str(step))
+        fake_tag(tmp_path, step, complete)
     assert manager(tmp_path).resume_path() == tmp_path / "step_00000020"
     assert manager(tmp_path, resume=None).resume_path() is None
     with pytest.raises(CheckpointError, match="step_00000030 is not a complete checkpoint"):
@@ -107,12 +118,30 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
     assert manager(tmp_path / "nothing-here").resume_path() is None
 
 
+@pytest.mark.parametrize("damage, named", [
+    ("missing", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt: missing (rank 1 of 2)"),
+    ("truncated", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt: not a whole torch file")])
+def test_resume_passes_over_a_damaged_newest_checkpoint(tmp_path, damage, named):
+    fake_tag(tmp_path, 10)
+    newest = fake_tag(tmp_path, 20)
+    rank1 = newest / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    if damage == "missing":
+        rank1.unlink()
+    else:
+        rank1.write_bytes(rank1.read_bytes()[:40])
+    ckpts = manager(tmp_path)
+    assert ckpts.resume_path() == tmp_path / "step_00000010"
+    assert len(ckpts.passed_over) == 1
+    assert "not resuming from step_00000020, it is damaged" in ckpts.passed_over[0] and named in ckpts.passed_over[0]
+    with pytest.raises(CheckpointError, match=f"damaged checkpoint: .*{re.escape(named)}"):
+        manager(tmp_path, resume=str(newest)).resume_path()
+    with pytest.raises(CheckpointError, match=f"{re.escape(named)}.*older complete checkpoint: --tag step_00000010"):
+        layout.resolve_tag_dir(tmp_path)
+
+
 def test_prune_keeps_the_last_k_and_drops_stale_partials(tmp_path):
     for step in (10, 20, 30, 40):
-        d = tmp_path / layout.tag_for(step)
-        d.mkdir()
-        if step != 20:
-            (d / layout.COMPLETE_MARKER).write_text(str(step))
+        fake_tag(tmp_path, step, complete=step != 20)
     manager(tmp_path, keep_last=2).prune()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000030", "step_00000040"]
 

@@ -4,15 +4,19 @@ One uninterrupted 100-step run is the reference. It must learn, and its ZeRO-3 c
 hold half of the model on each rank. A second run is SIGKILLed by rank 0 while it saves step 20
 (after the shards are written, before the checkpoint is marked complete); resuming it with
 ``--resume auto`` must start from step 10 and reproduce the reference losses of steps 11..20 to the
-last bit.
+last bit, and the killed rank must leave no process behind. A copy of the reference run whose newest
+checkpoint has a rank file cut short must resume from the one before it, saying why, and reproduce
+the reference losses from there.
 """
 import json
 import os
+import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
-from launching import DEEPSPEED, ROOT, free_port
+from launching import DEEPSPEED, MARK, ROOT, free_port, job_processes, wait_for
 import torch
 
 pytestmark = pytest.mark.distributed
@@ -96,8 +100,11 @@ def test_each_rank_holds_half_of_the_model(reference_run):
 
 def test_kill_while_saving_then_exact_resume(manifest, reference_run, tmp_path):
     run_dir = tmp_path / "killed"
-    proc = launch(run_dir, manifest, env_extra={"RSFM_FAULT_KILL_DURING_SAVE": "20"}, expect_ok=False)
+    mark = uuid.uuid4().hex
+    proc = launch(run_dir, manifest, env_extra={"RSFM_FAULT_KILL_DURING_SAVE": "20", MARK: mark}, expect_ok=False)
     assert proc.returncode != 0
+    # The killed rank's data-loader worker, fork server and resource tracker went with it.
+    assert wait_for(lambda: not job_processes(mark), 30), job_processes(mark)
     ckpts = run_dir / "checkpoints"
     assert (ckpts / "step_00000010" / "COMPLETE").is_file()
     assert (ckpts / "step_00000020").is_dir() and not (ckpts / "step_00000020" / "COMPLETE").exists()
@@ -108,4 +115,24 @@ def test_kill_while_saving_then_exact_resume(manifest, reference_run, tmp_path):
     assert (ckpts / "step_00000020" / "COMPLETE").is_file()
     reference, resumed = losses(reference_run), losses(run_dir)
     for step in range(11, 21):
+        assert resumed[step] == reference[step], (step, resumed[step], reference[step])
+
+
+def test_resume_passes_over_a_damaged_newest_checkpoint(manifest, reference_run, tmp_path):
+    # A COMPLETE-marked newest checkpoint whose rank-1 model file was cut short (a disk fault, a
+    # bad copy): --resume auto says so and resumes from the previous complete one.
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(reference_run, run_dir, ignore=shutil.ignore_patterns("tensorboard"))
+    ckpts = run_dir / "checkpoints"
+    for stale in ["step_00000100", "step_00000090"]:
+        assert (ckpts / stale / "COMPLETE").is_file()
+    damaged = ckpts / "step_00000100" / "zero_pp_rank_1_mp_rank_00_model_states.pt"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+
+    launch(run_dir, manifest, "train.max_steps=100", "--resume", "auto")
+    log = (run_dir / "train.log").read_text()
+    assert f"not resuming from step_00000100, it is damaged: {damaged}" in log
+    assert "step_00000090 (step 90)" in log
+    reference, resumed = losses(reference_run), losses(run_dir)
+    for step in range(91, 101):
         assert resumed[step] == reference[step], (step, resumed[step], reference[step])

@@ -37,7 +37,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, check_output_is_not_input
 from ..models.presets import PRESETS, create_vit, get_preset
 from ..models.vit import sincos_pos_embed_2d
 from .safetensors_io import (DTYPES, FORMAT_VERSION, ConversionResult, TensorInfo, provenance,
@@ -170,6 +170,9 @@ def convert_backbone(src: Union[str, Path], out: Path, *, kind: str, tag: Option
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     source = open_source(src, tag)
+    read = [source.path, *getattr(source, "files", ())]
+    check_output_is_not_input(out, read)
+    check_output_is_not_input(out.with_suffix(".json"), read)  # the sidecar
     infos = source.infos()
     mapping, _ = map_to_backbone(infos)
     if not mapping:

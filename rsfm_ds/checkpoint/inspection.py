@@ -38,6 +38,8 @@ class CheckpointInfo:
         files: ``(path, bytes)`` of every file of the checkpoint.
         tags: for a checkpoints folder, ``(tag, complete)`` for every tag, oldest first; the other
             fields then describe ``tag_dir``.
+        problem: what makes a DeepSpeed tag unusable (a rank's file missing or cut short), if
+            anything.
         tag_dir: the tag directory described, for DeepSpeed checkpoints.
         metadata: the provenance strings stored with the checkpoint.
     """
@@ -54,6 +56,7 @@ class CheckpointInfo:
     files: List[Tuple[str, int]] = field(default_factory=list)
     tags: List[Tuple[str, bool]] = field(default_factory=list)
     tag_dir: Optional[str] = None
+    problem: Optional[str] = None
     metadata: Dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
@@ -62,6 +65,8 @@ class CheckpointInfo:
     def format(self) -> str:
         """Human-readable lines."""
         lines = [f"{self.path}: {self.kind}"]
+        if self.problem:
+            lines.append(f"DAMAGED: {self.problem}")
         if self.tags:
             lines.append("tags: " + ", ".join(f"{t}{'' if ok else ' (incomplete)'}" for t, ok in self.tags))
             lines.append(f"describing {self.tag_dir}")
@@ -86,7 +91,7 @@ def inspect_checkpoint(path: Union[str, Path], tag: Optional[str] = None) -> Che
     path = Path(path)
     if path.is_dir() and not layout.is_tag_dir(path) and not (path / "model.safetensors").is_file() \
             and not (path / "model.safetensors.index.json").is_file():
-        tag_dir = layout.resolve_tag_dir(path, tag)
+        tag_dir = layout.resolve_tag_dir(path, tag, verify=False)
         info = _inspect_tag(tag_dir)
         info.path = str(path)
         info.tags = [(p.name, layout.is_complete(p)) for p in layout.tag_dirs(path)]
@@ -97,6 +102,7 @@ def inspect_checkpoint(path: Union[str, Path], tag: Optional[str] = None) -> Che
 
 
 def _inspect_tag(tag_dir: Path) -> CheckpointInfo:
+    problem = layout.tag_damage(tag_dir)
     states = layout.read_model_states(tag_dir)
     universal = layout.is_universal(tag_dir)
     shapes = {k: v for group in states.get("param_shapes", []) for k, v in group.items()}
@@ -104,14 +110,15 @@ def _inspect_tag(tag_dir: Path) -> CheckpointInfo:
     numels = {k: int(v.numel()) for k, v in shapes.items()}
     config = states.get("config") or {}
     precision = (config.get("train") or {}).get("precision") or _ds_precision(states.get("ds_config") or {})
-    world = states.get("world_size") if universal else layout.saved_world_size(tag_dir)
+    world = states.get("world_size") or layout.saved_world_size(tag_dir)
     files = sorted(p for p in tag_dir.rglob("*") if p.is_file())
     return CheckpointInfo(
         path=str(tag_dir), kind="deepspeed-universal" if universal else "deepspeed-zero",
         preset=states.get("preset"), step=states.get("step"), samples_seen=states.get("samples_seen"),
         world_size=world, dtype=f"fp32 master ({precision} training)", num_params=sum(numels.values()),
         num_backbone_params=_backbone_numel(numels), files=[(str(p), p.stat().st_size) for p in files],
-        tag_dir=str(tag_dir), metadata={k: str(v) for k, v in (("ds_version", states.get("ds_version")),) if v})
+        tag_dir=str(tag_dir), problem=problem,
+        metadata={k: str(v) for k, v in (("ds_version", states.get("ds_version")),) if v})
 
 
 def _inspect_tensors(source, path: Path) -> CheckpointInfo:

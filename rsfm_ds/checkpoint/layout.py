@@ -26,7 +26,9 @@ only place in rsfm-ds that calls ``torch.load(..., weights_only=False)``; DeepSp
 """
 from __future__ import annotations
 
+import logging
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -35,8 +37,10 @@ import torch
 from ..errors import CheckpointError
 
 COMPLETE_MARKER = "COMPLETE"
+log = logging.getLogger(__name__)
 _OPTIM_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 _ZERO3_MODEL_FILE = "zero_pp_rank_{rank}_mp_rank_00_model_states.pt"
+_ZERO3_MODEL_RANK = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_00_model_states\.pt$")
 _LEGACY_MODEL_FILE = "mp_rank_00_model_states.pt"
 
 
@@ -79,7 +83,10 @@ def load_deepspeed_pickle(path: Path) -> Any:
     The one call of ``torch.load(weights_only=False)`` in rsfm-ds: DeepSpeed's format needs it.
     Only use it on checkpoints you trust like code (docs/checkpoints.md).
     """
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # torch's "failed reading zip archive" and kin
+        raise CheckpointError(f"{path}: cannot be read, the file is damaged or cut short ({e})") from None
 
 
 def is_tag_dir(path: Path) -> bool:
@@ -87,7 +94,7 @@ def is_tag_dir(path: Path) -> bool:
     return path.is_dir() and any(path.glob("*model_states.pt"))
 
 
-def resolve_tag_dir(path: Union[str, Path], tag: Optional[str] = None) -> Path:
+def resolve_tag_dir(path: Union[str, Path], tag: Optional[str] = None, verify: bool = True) -> Path:
     """The tag directory meant by ``path``.
 
     Args:
@@ -95,11 +102,26 @@ def resolve_tag_dir(path: Union[str, Path], tag: Optional[str] = None) -> Path:
         tag: with a checkpoints folder, the tag to use; default the newest tag with a
             ``COMPLETE`` marker, or DeepSpeed's ``latest`` file when no tag has a marker
             (checkpoints written by other DeepSpeed programs).
+        verify: check the tag's files (:func:`tag_damage`); a tag of ours without its
+            ``COMPLETE`` marker (cut off while saving) is used with a warning.
 
     Raises:
-        CheckpointError: naming the folder, when no checkpoint is found.
+        CheckpointError: naming the folder when no checkpoint is found, or the damaged file.
     """
-    path = Path(path)
+    tag_dir = _find_tag_dir(Path(path), tag)
+    if verify:
+        damage = tag_damage(tag_dir)
+        if damage is not None:
+            older = [t for t in complete_tags(tag_dir.parent) if t < tag_dir.name]
+            hint = f"; an older complete checkpoint: --tag {older[-1]}" if older else ""
+            raise CheckpointError(f"damaged checkpoint: {damage}{hint}")
+        if not is_complete(tag_dir) and complete_tags(tag_dir.parent):
+            log.warning("%s has no %s marker: it was cut off while saving (or is still being written); "
+                        "its files look whole, using it", tag_dir, COMPLETE_MARKER)
+    return tag_dir
+
+
+def _find_tag_dir(path: Path, tag: Optional[str]) -> Path:
     if tag is not None:
         tag_dir = path / tag
         if not is_tag_dir(tag_dir):
@@ -142,12 +164,67 @@ def model_state_file(tag_dir: Path, rank: int = 0) -> Path:
 
 
 def saved_world_size(tag_dir: Path) -> int:
-    """Data-parallel world size that wrote a non-universal tag: one optimizer file per rank."""
+    """Data-parallel world size that wrote a non-universal tag: the one its client state records,
+    else one optimizer file per rank."""
+    recorded = client_state(tag_dir).get("world_size")
+    if recorded:
+        return int(recorded)
     n = len(optim_state_files(tag_dir))
     if n == 0:
         raise CheckpointError(f"{tag_dir}: no *_optim_states.pt files (a universal checkpoint, or "
                               f"not a ZeRO checkpoint)")
     return n
+
+
+def tag_damage(tag_dir: Path) -> Optional[str]:
+    """What makes the tag ``tag_dir`` unusable, naming the file, or None when its files look whole.
+
+    Checks that read no tensor data: every rank's files are there (a ZeRO tag holds one optimizer
+    file per rank, and under ZeRO-3 one model-states file per rank; as many as the world size its
+    client state records) and each ``.pt`` file is a whole archive (torch saves zip archives whose
+    directory sits at the end, so a file cut short has none). A universal tag needs its model-states
+    files and ``zero/optimizer_state.pt``.
+    """
+    model_files = sorted(tag_dir.glob("*model_states.pt"))
+    if not model_files:
+        return f"{tag_dir}: no *model_states.pt files"
+    if is_universal(tag_dir):
+        files = model_files + [tag_dir / "zero" / "optimizer_state.pt"]
+    else:
+        optim = optim_state_files(tag_dir)
+        if not optim:
+            return f"{tag_dir}: no *_optim_states.pt files"
+        files = model_files + optim
+        ranks = {int(m.group(1)) for p in optim if (m := _OPTIM_FILE.match(p.name))}
+        zero3 = {int(m.group(1)) for p in model_files if (m := _ZERO3_MODEL_RANK.match(p.name))}
+        world = max(ranks | zero3) + 1
+        first = tag_dir / _ZERO3_MODEL_FILE.format(rank=0)
+        first = first if first.is_file() else tag_dir / _LEGACY_MODEL_FILE
+        if first.is_file() and _unreadable(first) is None:  # the world size the run recorded
+            world = max(world, int(client_state(tag_dir).get("world_size") or 0))
+        for rank in range(world):
+            if rank not in ranks:
+                name = re.sub(r"zero_pp_rank_\d+_", f"zero_pp_rank_{rank}_", optim[0].name)
+                return f"{tag_dir / name}: missing (rank {rank} of {world})"
+            if zero3 and rank not in zero3:
+                return f"{tag_dir / _ZERO3_MODEL_FILE.format(rank=rank)}: missing (rank {rank} of {world})"
+    for f in files:
+        problem = _unreadable(f)
+        if problem:
+            return f"{f}: {problem}"
+    return None
+
+
+def _unreadable(path: Path) -> Optional[str]:
+    """Why the torch file ``path`` is not a whole archive, or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.infolist()
+    except FileNotFoundError:
+        return "missing"
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"not a whole torch file (cut short or damaged: {e})"
+    return None
 
 
 def read_model_states(tag_dir: Path, rank: int = 0) -> Dict[str, Any]:
@@ -164,6 +241,6 @@ def client_state(tag_dir: Path, rank: int = 0) -> Dict[str, Any]:
     return {k: states[k] for k in keys if k in states}
 
 
-__all__ = ["COMPLETE_MARKER", "tag_for", "is_tag_name", "is_complete", "mark_complete", "tag_dirs",
+__all__ = ["COMPLETE_MARKER", "tag_for", "is_tag_name", "is_complete", "mark_complete", "tag_dirs", "tag_damage",
            "complete_tags", "load_deepspeed_pickle", "is_tag_dir", "resolve_tag_dir", "is_universal",
            "optim_state_files", "model_state_file", "saved_world_size", "read_model_states", "client_state"]

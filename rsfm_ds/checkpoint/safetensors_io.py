@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, writing
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -130,18 +130,21 @@ def write_safetensors(path: Path, entries: Sequence[Tuple[str, TensorInfo]],
     raw += b" " * (-len(raw) % 8)  # the spec allows trailing spaces; 8-byte alignment of the data
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for name, info in entries:
-            t = get(name)
-            if tuple(t.shape) != tuple(info.shape):
-                raise ValueError(f"{name}: source tensor has shape {tuple(t.shape)}, expected {info.shape}")
-            t = t.detach().to(device="cpu", dtype=info.dtype).contiguous()
-            # Bytes without a copy: little-endian hosts (x86, ARM) store tensors in safetensors' order.
-            f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-            del t
-    tmp.replace(path)  # a crash mid-write never leaves a truncated file under the final name
+    try:
+        with writing(path), open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for name, info in entries:
+                t = get(name)
+                if tuple(t.shape) != tuple(info.shape):
+                    raise ValueError(f"{name}: source tensor has shape {tuple(t.shape)}, expected {info.shape}")
+                t = t.detach().to(device="cpu", dtype=info.dtype).contiguous()
+                # Bytes without a copy: little-endian hosts (x86, ARM) store tensors in safetensors' order.
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+                del t
+        tmp.replace(path)  # a crash mid-write never leaves a truncated file under the final name
+    finally:
+        tmp.unlink(missing_ok=True)
     return offset
 
 

@@ -22,7 +22,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_output_is_not_input
 from . import layout
 from .safetensors_io import ConversionResult, TensorInfo, provenance, save_sharded
 from .sources import ZeroSource
@@ -46,6 +46,7 @@ def zero_to_fp32(ckpt_dir: Union[str, Path], out: Union[str, Path], tag: Optiona
     if Path(out).suffix in (".safetensors", ".json"):
         raise ConfigError(f"{out}: the output is a folder (it receives model.safetensors or shards and an index)")
     source = ZeroSource(layout.resolve_tag_dir(ckpt_dir, tag))
+    check_output_is_not_input(out, [source.path])
     entries = [(name, TensorInfo(info.shape, torch.float32 if info.dtype.is_floating_point else info.dtype))
                for name, info in source.infos().items()]
     metadata = provenance("fp32-consolidated", **source.metadata, dtype="fp32")

@@ -5,7 +5,9 @@ calls a library function a user can import as well, and prints. Errors are handl
 :func:`main`: a :class:`~rsfm_ds.errors.UserError` (a bad config value, input file or
 checkpoint) and an operating-system error about a named file (missing, not allowed, disk full)
 become one line on stderr, ``rsfm <verb>: error: <message>``, and exit status 2, without a
-traceback. Anything else is a programming error and keeps its traceback.
+traceback; a :class:`~rsfm_ds.errors.RunError` (a rank lost, a non-finite loss) one line and
+exit status 1. Anything else is a programming error and keeps its traceback. Options and
+``section.field=value`` overrides may come in any order.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ..errors import UserError
+from ..errors import RunError, UserError
 from . import (convert, datasets, dota, evaluate, finetune, models, plan, potsdam, pretrain, report, shards, study,
                synth)
 
@@ -35,20 +37,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run ``rsfm`` with ``argv`` (default: the command line); returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        return _fail(args, str(e))
+        return _fail(args, _one_line(e), 2)
+    except RunError as e:
+        return _fail(args, _one_line(e), 1)
     except OSError as e:
         if e.filename is None:  # not about a file the user named: a programming error
             raise
-        return _fail(args, f"{e.filename}: {e.strerror or e}")
+        return _fail(args, f"{e.filename}: {e.strerror or e}", 2)
 
 
-def _fail(args: argparse.Namespace, message: str) -> int:
+def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Parse ``argv``; ``section.field=value`` overrides may also come after options (argparse
+    alone takes the positional overrides only where they first appear)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's own message. An error raised in a DataLoader worker reaches us re-raised with
+    the worker's traceback in its text; its message is the last line, after the class name."""
+    text = str(error)
+    if "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
+def _fail(args: argparse.Namespace, message: str, status: int) -> int:
     print(f"{getattr(args, 'prog', 'rsfm')}: error: {message}", file=sys.stderr)
-    return 2
+    return status
 
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "parse", "main"]

@@ -45,7 +45,7 @@ def _det(group: argparse._SubParsersAction) -> None:
                                metric=args.metric)
         image_ids = None
         if args.images is not None:
-            text = Path(args.images).read_text(encoding="utf-8")
+            text = Path(args.images).read_text(encoding="utf-8-sig")
             image_ids = [line.strip() for line in text.splitlines() if line.strip()]
         result = evaluate_task1(args.dets, args.labels, args.dataset, protocol, image_ids)
         print(format_map_table(result))

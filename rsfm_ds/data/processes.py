@@ -6,12 +6,22 @@ does (DeepSpeed, CUDA, torch's pools), and OpenCV's thread pool in particular de
 (``cv2.setNumThreads`` or a parallel resize waits forever on a condition variable owned by a thread
 that does not exist after the fork). The server preloads torch, OpenCV and WebDataset once, so a
 worker still starts in milliseconds, unlike ``spawn``.
+
+A worker dies with the process it works for (:func:`worker_initializer`). Without that, a rank
+that is killed leaves its workers and their server behind for good: each worker holds the server's
+liveness pipe open, and PyTorch's worker watchdog watches the worker's parent, which is the server,
+not the rank; the resource tracker lives as long as any of them.
 """
 from __future__ import annotations
 
+import functools
 import multiprocessing
+import os
+import select
+import threading
+import time
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 
@@ -29,6 +39,46 @@ def process_context(method: str = "forkserver") -> BaseContext:
     return ctx
 
 
-def init_worker(*_: Any) -> None:
-    """Initialise a data worker: one OpenCV thread (there is one worker per core already)."""
+def on_exit_of(pid: int, action: Callable[[], None], name: str = "rsfm-watch") -> None:
+    """Call ``action`` in a daemon thread as soon as process ``pid`` has exited (at once if it has).
+
+    Waits on a pidfd (Linux 5.3+): no polling, no race with the pid being reused; elsewhere it
+    checks once a second.
+    """
+    def wait() -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # no pidfd here, or the process is already gone
+            while _alive(pid):
+                time.sleep(1.0)
+        else:
+            try:
+                select.select([fd], [], [])  # readable when the process exits
+            finally:
+                os.close(fd)
+        action()
+
+    threading.Thread(target=wait, name=name, daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def init_worker(owner_pid: int, *_: Any) -> None:
+    """Initialise a data worker of process ``owner_pid``: one OpenCV thread (there is one worker per
+    core already), and exit as soon as the owner exits."""
     cv2.setNumThreads(1)
+    on_exit_of(owner_pid, lambda: os._exit(1), name="rsfm-owner-watch")
+
+
+def worker_initializer() -> Callable[..., None]:
+    """The initializer for workers of this process (DataLoader ``worker_init_fn``, a pool's
+    ``initializer``): picklable, so it reaches workers started by the fork server."""
+    return functools.partial(init_worker, os.getpid())

@@ -21,12 +21,13 @@ samples (:func:`resharded_position`) and every RNG stream is reseeded from ``(se
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import signal
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -39,6 +40,7 @@ from ..errors import CheckpointError
 # the shards are written and before the checkpoint is marked complete.
 FAULT_KILL_DURING_SAVE = "RSFM_FAULT_KILL_DURING_SAVE"
 BEST_PREFIX = "best_"
+_FULL_DISK_BYTES = 16 * 2 ** 20  # less free than this after a failed write: the disk was full
 
 
 class CheckpointManager:
@@ -54,6 +56,8 @@ class CheckpointManager:
     def __init__(self, ckpt_dir: Path, every_steps: int, keep_last: int, resume: Optional[str]):
         self.ckpt_dir = Path(ckpt_dir)
         self.every_steps, self.keep_last, self.resume = every_steps, keep_last, resume
+        self.passed_over: List[str] = []
+        """Why :meth:`resume_path` did not take newer complete checkpoints (for the log)."""
 
     @classmethod
     def for_run(cls, run_dir: Path, cfg) -> "CheckpointManager":
@@ -64,17 +68,25 @@ class CheckpointManager:
         return step % self.every_steps == 0 or step == stop_step
 
     def resume_path(self) -> Optional[Path]:
-        """The tag directory to resume from: ``auto`` = newest complete tag (or None), a path =
-        that tag directory (which must be complete), None = start fresh."""
+        """The tag directory to resume from: ``auto`` = the newest complete tag whose files are
+        whole (or None; damaged ones are passed over, :attr:`passed_over` says why), a path = that
+        tag directory (which must be complete and whole), None = start fresh."""
         if self.resume is None:
             return None
         if self.resume == "auto":
-            tags = layout.complete_tags(self.ckpt_dir)
-            return self.ckpt_dir / tags[-1] if tags else None
+            for tag in reversed(layout.complete_tags(self.ckpt_dir)):
+                damage = layout.tag_damage(self.ckpt_dir / tag)
+                if damage is None:
+                    return self.ckpt_dir / tag
+                self.passed_over.append(f"not resuming from {tag}, it is damaged: {damage}")
+            return None
         path = Path(self.resume)
         if not layout.is_complete(path):
             raise CheckpointError(f"checkpoint.resume: {path} is not a complete checkpoint (no "
                                   f"{layout.COMPLETE_MARKER} marker: missing, or cut off while saving)")
+        damage = layout.tag_damage(path)
+        if damage is not None:
+            raise CheckpointError(f"checkpoint.resume: damaged checkpoint: {damage}")
         return path
 
     def save(self, engine, step: int, client_state: Dict[str, Any]) -> Path:
@@ -83,7 +95,7 @@ class CheckpointManager:
         if dist.get_rank() == 0 and path.exists():  # a leftover of a run killed while saving this step
             shutil.rmtree(path)
         dist.barrier()
-        engine.save_checkpoint(str(self.ckpt_dir), tag=path.name, client_state=client_state, save_latest=False)
+        self._save_files(engine, path, client_state)
         if os.environ.get(FAULT_KILL_DURING_SAVE) == str(step) and dist.get_rank() == 0:
             os.kill(os.getpid(), signal.SIGKILL)
         dist.barrier()
@@ -98,7 +110,7 @@ class CheckpointManager:
         then delete the previous best. Resumption never picks these up by itself."""
         path = self.ckpt_dir / f"{BEST_PREFIX}{layout.tag_for(step)}"
         dist.barrier()
-        engine.save_checkpoint(str(self.ckpt_dir), tag=path.name, client_state=client_state, save_latest=False)
+        self._save_files(engine, path, client_state)
         dist.barrier()
         if dist.get_rank() == 0:
             (path / "best.json").write_text(json.dumps(best, indent=2))
@@ -108,6 +120,21 @@ class CheckpointManager:
                     shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
         return path
+
+    def _save_files(self, engine, path: Path, client_state: Dict[str, Any]) -> None:
+        """This rank's files of the tag ``path``. A full disk surfaces from torch's writer as a bare
+        "iostream error" or "file write failed"; it becomes an ENOSPC error naming the tag (the
+        incomplete tag is left without its marker, so the last complete checkpoint stays the
+        resume point and the next save removes the leftover)."""
+        try:
+            engine.save_checkpoint(str(self.ckpt_dir), tag=path.name, client_state=client_state, save_latest=False)
+        except (RuntimeError, OSError) as e:
+            full = isinstance(e, OSError) and e.errno == errno.ENOSPC
+            if not full and shutil.disk_usage(self.ckpt_dir).free > _FULL_DISK_BYTES:
+                raise
+            raise OSError(errno.ENOSPC, "no space left on the device while saving this checkpoint; the last "
+                                        "complete checkpoint is kept: free space, then resume with "
+                                        "--resume auto", str(path)) from e
 
     def prune(self) -> None:
         """Delete all but the newest ``keep_last`` complete tags, and incomplete tags older than the

@@ -12,6 +12,7 @@ from ..config import check, check_choices
 from ..data.pretrain.loader import PretrainDataConfig
 from ..models.mae import MAEConfig
 from ..models.vitdet import ViTDetConfig
+from .deepspeed_setup import DEFAULT_COLLECTIVE_TIMEOUT_S
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -83,6 +84,9 @@ class TrainConfig:
     device_peak_tflops: Optional[float] = None
     """Dense peak TFLOP/s of one device at the training precision, for MFU; null uses the known
     value for the detected GPU, or leaves MFU out."""
+    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S
+    """A collective operation waiting longer than this for the other ranks ends the run, naming
+    the rank (a rank stopped, hung or died); raise it for steps that legitimately take longer."""
 
     def __post_init__(self):
         check_choices(self)
@@ -93,6 +97,7 @@ class TrainConfig:
               f"{self.global_batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
         check(self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
         check(self.max_steps is None or self.max_steps > 0, "max_steps", f"must be positive, got {self.max_steps}")
+        check(self.collective_timeout_s > 0, "collective_timeout_s", f"must be positive, got {self.collective_timeout_s}")
 
 
 @dataclass
@@ -242,6 +247,9 @@ class FinetuneTrainConfig:
     """DataLoader workers per rank."""
     max_steps: Optional[int] = None
     """Stop after this many optimizer steps (the schedule still spans schedule.length)."""
+    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S
+    """A collective operation waiting longer than this for the other ranks ends the run, naming
+    the rank (a rank stopped, hung or died); raise it for evaluations that legitimately take longer."""
 
     def __post_init__(self):
         check_choices(self)
@@ -251,6 +259,7 @@ class FinetuneTrainConfig:
         check(self.zero_stage is None or self.zero_stage in (0, 1, 2, 3), "zero_stage",
               f"must be 0..3 or null, got {self.zero_stage}")
         check(self.max_steps is None or self.max_steps > 0, "max_steps", f"must be positive, got {self.max_steps}")
+        check(self.collective_timeout_s > 0, "collective_timeout_s", f"must be positive, got {self.collective_timeout_s}")
 
 
 @dataclass

@@ -8,6 +8,7 @@ batch size or precision than the one asked for is the worst kind of bug on a clu
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import os
 from contextlib import nullcontext
@@ -18,13 +19,18 @@ import torch
 import torch.nn as nn
 
 from ..config import ConfigError
+from .launcher_guard import follow_launcher
+
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 
 
-def init_distributed() -> Tuple[int, int, int]:
+def init_distributed(timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> Tuple[int, int, int]:
     """Initialise torch.distributed through DeepSpeed (NCCL on GPUs, gloo on CPU).
 
     Works under the ``deepspeed`` launcher, ``torchrun``, SLURM's ``srun`` (DeepSpeed maps its
-    variables) and as a single process. Returns ``(rank, local_rank, world_size)``.
+    variables) and as a single process. A collective operation that waits longer than
+    ``timeout_s`` for the other ranks fails (a rank stopped, hung or died) instead of waiting
+    forever. Returns ``(rank, local_rank, world_size)``.
     """
     import deepspeed
     from deepspeed.accelerator import get_accelerator
@@ -34,8 +40,10 @@ def init_distributed() -> Tuple[int, int, int]:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
                           MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    follow_launcher()  # a rank never outlives the job it belongs to (engine/launcher_guard.py)
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(),
+                                   timeout=datetime.timedelta(seconds=timeout_s))
         if not torch.cuda.is_available():
             _release_shm_allreduce_buffer()
     rank = torch.distributed.get_rank()
@@ -107,6 +115,9 @@ def reconcile_ds_config(ds_config: Dict[str, Any], *, micro_batch_size: int, glo
     Raises :class:`ConfigError` when the global batch does not divide into micro batches over the
     world size, or when the DeepSpeed config contradicts the run config.
     """
+    stage = ds_config.get("zero_optimization", {}).get("stage")
+    if stage is not None and stage not in (0, 1, 2, 3):
+        raise ConfigError(f"{source}: zero_optimization.stage: must be 0, 1, 2 or 3, got {stage!r}")
     per_step = micro_batch_size * world_size
     if global_batch_size % per_step:
         raise ConfigError(

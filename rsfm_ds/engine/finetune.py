@@ -21,8 +21,8 @@ from .checkpointing import CheckpointManager, resume_ds_config
 from .config import FinetuneConfig
 from .deepspeed_setup import build_model, initialize, model_dtype, peak_memory_bytes
 from .finetune_data import eval_loader, train_loader
-from .loop import (LossMeter, Run, ThroughputWindow, describe_run, open_log, optimizer_steps, restore,
-                   start_run)
+from .loop import (LossMeter, Run, ThroughputWindow, describe_run, open_log, optimizer_steps, reports_lost_ranks,
+                   restore, start_run)
 from .metrics_log import TrainLogger
 from .param_groups import build_param_groups
 from .sampler import DistributedBatchSampler
@@ -33,6 +33,7 @@ from .task import FinetuneTask
 ZERO3_ABOVE_PARAMS = 700e6
 
 
+@reports_lost_ranks
 def finetune(cfg: FinetuneConfig, task: FinetuneTask) -> Dict[str, Any]:
     """Fine-tune ``task`` as configured; returns a summary with the last and best metrics.
 
@@ -55,7 +56,7 @@ def finetune(cfg: FinetuneConfig, task: FinetuneTask) -> Dict[str, Any]:
     engine, optimizer, load_note = _build_engine(cfg, task, run, resume_from)
     seed_all(cfg.seed + 1 + run.rank)  # per-rank streams for dropout and drop path from here on
     state, resumed = restore(ckpt, engine, resume_from, run, cfg.seed, tcfg.global_batch_size, steps_per_epoch)
-    logger = open_log(run, cfg, stop_step, state)
+    logger = open_log(run, cfg, stop_step, state, ckpt)
     logger.line(f"fine-tuning {type(task).__name__}: backbone {cfg.backbone.preset} ({load_note}), "
                 f"{describe_run(run, tcfg, run.ds_config, steps_per_epoch, stop_step)}{resumed}")
 
@@ -74,6 +75,7 @@ def finetune(cfg: FinetuneConfig, task: FinetuneTask) -> Dict[str, Any]:
         engine.step()
         losses.add(out, state.step)
         window.samples += tcfg.micro_batch_size * run.world
+        state.samples_seen += tcfg.micro_batch_size * run.world
 
     def epoch_batches(epoch: int, start: int):
         return window.timed(train_loader(task, train_set, sampler, epoch, start, tcfg.num_workers, cfg.seed,
@@ -81,7 +83,7 @@ def finetune(cfg: FinetuneConfig, task: FinetuneTask) -> Dict[str, Any]:
 
     try:
         for _ in optimizer_steps(state, epoch_batches, micro_step, accum=run.accum, steps_per_epoch=steps_per_epoch,
-                                 stop_step=stop_step, global_batch_size=tcfg.global_batch_size):
+                                 stop_step=stop_step):
             window.steps += 1
             logger.step()
             if state.step % cfg.log.every_steps == 0 or state.step == stop_step:

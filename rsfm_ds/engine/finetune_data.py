@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.processes import init_worker, process_context
+from ..data.processes import process_context, worker_initializer
 from .sampler import DistributedBatchSampler, PaddedDataset
 from .task import FinetuneTask
 
@@ -92,7 +92,7 @@ def worker_options(num_workers: int, seed: int, epoch: int, rank: int) -> Dict[s
     if num_workers == 0:
         return dict(num_workers=0, generator=generator)
     return dict(num_workers=num_workers, multiprocessing_context=process_context(),
-                worker_init_fn=init_worker, generator=generator)
+                worker_init_fn=worker_initializer(), generator=generator)
 
 
 __all__ = ["PerSampleSeed", "SeededBatches", "train_loader", "eval_loader", "worker_options"]

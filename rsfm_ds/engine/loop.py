@@ -10,6 +10,8 @@ straddle two epochs, so a checkpoint never points into the middle of an accumula
 """
 from __future__ import annotations
 
+import functools
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +21,48 @@ import torch
 import torch.distributed as dist
 
 from ..config import dump_yaml
+from ..errors import RunError
 from .checkpointing import CheckpointManager, rank_rng_state, resharded_position, resharded_seed
 from .deepspeed_setup import device_for, init_distributed, load_ds_config, reconcile_ds_config, zero_stage
 from .metrics_log import TrainLogger
 from .state import TrainState, seed_all, set_rng_state
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError):
     """The training loss became NaN or infinite."""
+
+
+# How the backends say that a peer is gone: gloo's and NCCL's timeouts, a closed connection.
+_TIMEOUT_SIGNS = ("Timed out waiting", "timed out", "Watchdog caught collective operation timeout")
+_LOST_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def collective_failure(error: BaseException, timeout_s: float) -> Optional[str]:
+    """A one-line account of ``error`` when it is a collective operation that lost its peers (a
+    timeout or a closed connection), naming this rank and host; None for any other error."""
+    text = str(error)
+    where = f"rank {dist.get_rank() if dist.is_initialized() else '?'} on {socket.gethostname()}"
+    if any(sign in text for sign in _TIMEOUT_SIGNS):
+        return (f"{where}: a collective operation waited more than {timeout_s:g} s for the other ranks "
+                f"(train.collective_timeout_s): one of them stopped, hung or died")
+    if any(sign in text for sign in _LOST_PEER_SIGNS):
+        return f"{where}: lost the connection to another rank (it died or was killed)"
+    return None
+
+
+def reports_lost_ranks(run_fn):
+    """Decorate an engine's run function ``fn(cfg, ...)``: a collective operation that lost its
+    peers ends it with a :class:`RunError` naming the rank and host, not a backend traceback."""
+    @functools.wraps(run_fn)
+    def wrapper(cfg, *args, **kwargs):
+        try:
+            return run_fn(cfg, *args, **kwargs)
+        except RuntimeError as e:
+            failure = None if isinstance(e, RunError) else collective_failure(e, cfg.train.collective_timeout_s)
+            if failure is None:
+                raise
+            raise RunError(failure) from e
+    return wrapper
 
 
 @dataclass
@@ -53,7 +89,7 @@ class Run:
 def start_run(run_dir: str, train_cfg, clip_grad: Optional[float]) -> Run:
     """Join the process group and check the DeepSpeed JSON against the run config (``train``
     section: batch sizes, precision, ``ds_config``), before anything is built."""
-    rank, local_rank, world = init_distributed()
+    rank, local_rank, world = init_distributed(train_cfg.collective_timeout_s)
     ds_config = reconcile_ds_config(
         load_ds_config(train_cfg.ds_config), micro_batch_size=train_cfg.micro_batch_size,
         global_batch_size=train_cfg.global_batch_size, world_size=world, precision=train_cfg.precision,
@@ -62,13 +98,15 @@ def start_run(run_dir: str, train_cfg, clip_grad: Optional[float]) -> Run:
                ds_config["gradient_accumulation_steps"])
 
 
-def open_log(run: Run, cfg, stop_step: int, state: TrainState) -> TrainLogger:
+def open_log(run: Run, cfg, stop_step: int, state: TrainState, ckpt: CheckpointManager) -> TrainLogger:
     """The run's logger (``log`` section of ``cfg``; rank 0 writes), with the resolved config saved
-    as ``run_dir/config.yaml``."""
+    as ``run_dir/config.yaml`` and the checkpoints the resume passed over logged first."""
     logger = TrainLogger(run.run_dir, run.rank, stop_step, state.step, tensorboard=cfg.log.tensorboard,
                          progress=cfg.log.progress)
     if run.rank == 0:
         (run.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    for note in ckpt.passed_over:
+        logger.line(note)
     return logger
 
 
@@ -81,20 +119,19 @@ def describe_run(run: Run, train_cfg, ds_config: Dict[str, Any], steps_per_epoch
 
 def optimizer_steps(state: TrainState, epoch_batches: Callable[[int, int], Iterable[Any]],
                     micro_step: Callable[[Any, bool], None], *, accum: int, steps_per_epoch: int,
-                    stop_step: int, global_batch_size: int) -> Iterator[None]:
+                    stop_step: int) -> Iterator[None]:
     """Run micro-batches until ``state.step == stop_step``, yielding after every optimizer step.
 
     Args:
-        state: advanced in place: ``micro_in_epoch`` per micro-batch; ``step``, ``samples_seen``
-            and, at an epoch's end, ``epoch`` per optimizer step (before the yield, so a checkpoint
-            saved there resumes at the next micro-batch).
+        state: advanced in place: ``micro_in_epoch`` per micro-batch; ``step`` and, at an epoch's
+            end, ``epoch`` per optimizer step (before the yield, so a checkpoint saved there resumes
+            at the next micro-batch). ``micro_step`` counts the samples.
         epoch_batches: ``(epoch, start) -> micro-batches`` of that epoch from micro-batch ``start``.
         micro_step: ``(batch, starts_step)`` runs one micro-batch; ``starts_step`` is True for the
             first micro-batch of an optimizer step (where the learning rate is set).
         accum: micro-batches per optimizer step.
         steps_per_epoch: optimizer steps per epoch; leftover micro-batches are not used.
         stop_step: the step at which to stop.
-        global_batch_size: samples per optimizer step over all ranks.
     """
     micro_limit = steps_per_epoch * accum
     while state.step < stop_step:
@@ -105,7 +142,6 @@ def optimizer_steps(state: TrainState, epoch_batches: Callable[[int, int], Itera
             if state.micro_in_epoch % accum:
                 continue
             state.step += 1
-            state.samples_seen += global_batch_size
             epoch_done = state.micro_in_epoch == micro_limit
             if epoch_done:
                 state.epoch, state.micro_in_epoch = state.epoch + 1, 0
@@ -158,6 +194,35 @@ class LossMeter:
         dist.all_reduce(stacked)
         self.sums.clear()
         return {k: v / count for k, v in zip(keys, stacked.tolist())}
+
+
+class SampleCounts:
+    """Samples trained on and samples the data could not deliver, counted per rank on the host
+    and summed over the ranks when :meth:`settle` is called (at log lines and before saves: one
+    all-reduce), into ``state.samples_seen`` and ``state.samples_skipped``."""
+
+    def __init__(self, state: TrainState, logger: TrainLogger, device: torch.device):
+        self.state, self.logger, self.device = state, logger, device
+        self.seen = self.skipped = 0
+
+    def add(self, seen: int, skipped: int) -> None:
+        self.seen += seen
+        self.skipped += skipped
+
+    def settle(self) -> int:
+        """Add this rank's counts since the last call, summed over the ranks, to the state; returns
+        the samples skipped since then (a log line says so when there are any)."""
+        counts = torch.tensor([self.seen, self.skipped], dtype=torch.int64, device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(counts)
+        seen, skipped = (int(v) for v in counts.tolist())
+        self.state.samples_seen += seen
+        self.state.samples_skipped += skipped
+        self.seen = self.skipped = 0
+        if skipped:
+            self.logger.line(f"data: {skipped} planned samples could not be read and were skipped "
+                             f"({self.state.samples_skipped} in all; the loader's warnings name them)")
+        return skipped
 
 
 class ThroughputWindow:
@@ -223,5 +288,5 @@ def restore(ckpt: CheckpointManager, engine, path: Optional[Path], run: Run, see
                    f"per rank), RNG streams reseeded from (seed, step, rank)")
 
 
-__all__ = ["Run", "start_run", "open_log", "describe_run", "optimizer_steps", "LossMeter", "ThroughputWindow",
-           "NonFiniteLossError", "restore"]
+__all__ = ["Run", "start_run", "reports_lost_ranks", "collective_failure", "open_log", "describe_run",
+           "optimizer_steps", "LossMeter", "SampleCounts", "ThroughputWindow", "NonFiniteLossError", "restore"]

@@ -28,14 +28,15 @@ from ..errors import DataError
 from .checkpointing import CheckpointManager, resume_ds_config
 from .config import PretrainConfig
 from .deepspeed_setup import build_model, device_peak_tflops, initialize, model_dtype, peak_memory_bytes
-from .loop import (LossMeter, Run, ThroughputWindow, describe_run, open_log, optimizer_steps, restore,
-                   start_run)
+from .loop import (LossMeter, Run, SampleCounts, ThroughputWindow, describe_run, open_log, optimizer_steps,
+                   reports_lost_ranks, restore, start_run)
 from .metrics_log import TrainLogger
 from .param_groups import build_param_groups
 from .schedule import apply_lr, warmup_cosine
 from .state import TrainState, rng_state, seed_all
 
 
+@reports_lost_ranks
 def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     """Run MAE pretraining as configured; returns a summary (steps, last loss, run_dir).
 
@@ -60,11 +61,12 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     generator = torch.Generator(device=run.device).manual_seed(cfg.seed * 1_000_003 + run.rank)
     state, resumed = restore(ckpt, engine, resume_from, run, cfg.seed, tcfg.global_batch_size, steps_per_epoch,
                              generator)
-    logger = open_log(run, cfg, stop_step, state)
+    logger = open_log(run, cfg, stop_step, state, ckpt)
     shape = describe_run(run, tcfg, ds_config, steps_per_epoch, stop_step)
     logger.line(f"MAE pretraining: preset {mcfg.preset}, {shape}, peak lr {peak_lr:.3e}{resumed}")
 
     dtype, losses, window = model_dtype(tcfg.precision), LossMeter(run.device), ThroughputWindow()
+    counts = SampleCounts(state, logger, run.device)
     perf = dict(flops=mcfg.train_flops(), peak_tflops=device_peak_tflops(run.device, tcfg.device_peak_tflops))
     last_loss = None
 
@@ -81,20 +83,24 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
         engine.step()
         losses.add({"loss": loss}, state.step)
         window.samples += images.shape[0] * run.world
+        counts.add(0 if batch.padded else len(batch), len(batch.skipped))
 
     try:
         for _ in optimizer_steps(state, epoch_batches, micro_step, accum=run.accum, steps_per_epoch=steps_per_epoch,
-                                 stop_step=stop_step, global_batch_size=tcfg.global_batch_size):
+                                 stop_step=stop_step):
             window.steps += 1
             logger.step()
             if state.step % cfg.log.every_steps == 0 or state.step == stop_step:
                 losses.check_finite(str(ckpt.ckpt_dir))
-                last_loss = _log(logger, engine, optimizer, state, losses, window, run, **perf)
+                last_loss = _log(logger, engine, optimizer, state, losses, window, run, counts.settle(), **perf)
             if ckpt.due(state.step, stop_step):
                 losses.check_finite(str(ckpt.ckpt_dir))
+                counts.settle()
                 ckpt.save(engine, state.step, state.client_state(
                     rng=rng_state(generator), config=to_dict(cfg), world_size=run.world, preset=mcfg.preset))
-        logger.line(f"done: {state.step} steps, {state.samples_seen} samples; checkpoints in {ckpt.ckpt_dir}")
+        logger.line(f"done: {state.step} steps, {state.samples_seen} samples"
+                    + (f" ({state.samples_skipped} skipped)" if state.samples_skipped else "")
+                    + f"; checkpoints in {ckpt.ckpt_dir}")
     finally:
         logger.close()
     return dict(step=state.step, epoch=state.epoch, samples_seen=state.samples_seen, last_loss=last_loss,
@@ -111,7 +117,7 @@ def _steps_per_epoch(cfg: PretrainConfig, run: Run) -> int:
 
 
 def _log(logger: TrainLogger, engine, optimizer, state: TrainState, losses: LossMeter,
-         window: ThroughputWindow, run: Run, flops: int, peak_tflops) -> float:
+         window: ThroughputWindow, run: Run, skipped: int, flops: int, peak_tflops) -> float:
     """Log the mean loss and throughput over the steps since the last log line."""
     loss = losses.means(window.steps * run.accum * run.world)["loss"]
     grad_norm = engine.get_global_grad_norm()
@@ -128,5 +134,7 @@ def _log(logger: TrainLogger, engine, optimizer, state: TrainState, losses: Loss
         "perf/mfu": tflops / peak_tflops if peak_tflops else None,
         "perf/peak_memory_gb": peak_memory_bytes(run.device) / 2 ** 30,
         "train/samples_seen": state.samples_seen,
+        "data/skipped": skipped,
+        "data/skipped_total": state.samples_skipped,
     })
     return loss

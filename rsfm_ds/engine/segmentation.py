@@ -121,12 +121,13 @@ class SegmentationTask(FinetuneTask):
         return SegDataset(self._pairs("train"), train=True, crop_size=d.crop_size,
                           cat_max_ratio=d.cat_max_ratio, photometric=d.photometric,
                           ignore_index=d.ignore_index, reduce_zero_label=d.dataset == "loveda",
-                          fraction=d.fraction, fraction_seed=d.fraction_seed, seed=self.cfg.seed)
+                          fraction=d.fraction, fraction_seed=d.fraction_seed, seed=self.cfg.seed,
+                          num_classes=d.num_classes)
 
     def eval_dataset(self) -> SegDataset:
         d = self.cfg.data
         return SegDataset(self._pairs("val"), train=False, ignore_index=d.ignore_index,
-                          reduce_zero_label=d.dataset == "loveda")
+                          reduce_zero_label=d.dataset == "loveda", num_classes=d.num_classes)
 
     def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         out = {"image": torch.stack([s["image"] for s in samples]), "name": [s["name"] for s in samples]}

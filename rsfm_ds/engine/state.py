@@ -52,7 +52,9 @@ class TrainState:
         step: optimizer steps taken.
         epoch: the epoch in progress (0-based).
         micro_in_epoch: micro-batches of ``epoch`` this rank has consumed.
-        samples_seen: training samples over all ranks.
+        samples_seen: training samples trained on, over all ranks.
+        samples_skipped: planned samples the data could not deliver (corrupt, unreadable), over
+            all ranks; never counted as seen.
         best: fine-tuning: ``{"step", "score", "metric"}`` of the best evaluation, or None.
     """
 
@@ -60,18 +62,20 @@ class TrainState:
     epoch: int = 0
     micro_in_epoch: int = 0
     samples_seen: int = 0
+    samples_skipped: int = 0
     best: Optional[Dict[str, Any]] = None
 
     def client_state(self, **extra: Any) -> Dict[str, Any]:
         """The DeepSpeed client state of a checkpoint: this position plus ``extra`` (rng, config,
         world size, preset)."""
         return dict(step=self.step, epoch=self.epoch, micro_in_epoch=self.micro_in_epoch,
-                    samples_seen=self.samples_seen, best=self.best, **extra)
+                    samples_seen=self.samples_seen, samples_skipped=self.samples_skipped, best=self.best, **extra)
 
     @classmethod
     def from_client_state(cls, state: Dict[str, Any]) -> "TrainState":
         return cls(step=state["step"], epoch=state["epoch"], micro_in_epoch=state["micro_in_epoch"],
-                   samples_seen=state.get("samples_seen", 0), best=state.get("best"))
+                   samples_seen=state.get("samples_seen", 0), samples_skipped=state.get("samples_skipped", 0),
+                   best=state.get("best"))
 
 
 __all__ = ["TrainState", "seed_all", "rng_state", "set_rng_state"]

@@ -39,9 +39,9 @@ from typing import Dict, Mapping, Optional, Protocol, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError, few
 from ..data.det.dior import DIOR_CLASSES, load_dior_annotations
-from ..data.det.dota import DOTA_CLASS_LISTS, Detections, load_dota_labels, read_task1_dir
+from ..data.det.dota import DOTA_CLASS_LISTS, TASK1_PREFIX, Detections, load_dota_labels, read_task1_dir
+from ..errors import ConfigError, DataError, few
 from ..ops.rotated import polygon_iou
 
 PathLike = Union[str, Path]
@@ -311,11 +311,22 @@ def evaluate_task1(det_dir: PathLike, labels: PathLike, dataset: str = "dota2",
 
     Raises:
         DataError (AnnotationError): unreadable inputs (the message names the file).
-        DataError: detections on an image without ground truth.
+        DataError: no Task1 file or no detection at all, no annotation, or detections on an image
+            without ground truth: an input that leaves nothing to evaluate is refused.
     """
     classes = class_list(dataset)
+    det_dir = Path(det_dir)
+    if det_dir.is_dir() and not any(det_dir.glob(f"{TASK1_PREFIX}*.txt")):
+        others = sorted(p.name for p in det_dir.iterdir())
+        raise DataError(f"{det_dir}: no {TASK1_PREFIX}<class>.txt files, nothing to evaluate"
+                        + (f" (the folder holds: {few(others)})" if others else " (the folder is empty)"))
+    detections = read_task1_dir(det_dir, classes)
+    if not any(len(d) for d in detections.values()):
+        raise DataError(f"{det_dir}: the {TASK1_PREFIX}<class>.txt files hold no detection, nothing to evaluate")
     ground_truth = load_ground_truth(labels, dataset, image_ids)
-    return evaluate_rotated_map(read_task1_dir(det_dir, classes), ground_truth, classes, protocol)
+    if not ground_truth:
+        raise DataError(f"{labels}: no annotation files, nothing to evaluate against")
+    return evaluate_rotated_map(detections, ground_truth, classes, protocol)
 
 
 def format_map_table(result: MapResult) -> str:

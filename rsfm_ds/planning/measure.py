@@ -36,6 +36,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
+from ..engine.launcher_guard import tied_child
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -248,7 +250,7 @@ def launch(preset: str, *, ranks: int = 2, micro_batch: int = 2, img_size: int =
                                   ("--track-gathered", track_gathered)] if on]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_rank)}
     try:
-        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **tied_child())
     finally:
         remove_shm_leftovers(port)
     text = out.stdout + out.stderr

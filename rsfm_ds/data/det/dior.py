@@ -249,7 +249,7 @@ def read_image_set(root: PathLike, split: str) -> List[str]:
         path = folder / f"{name}.txt"
         if not path.is_file():
             raise DataError(f"{path}: no such image-set file")
-        ids.extend(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        ids.extend(line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip())
     return ids
 
 

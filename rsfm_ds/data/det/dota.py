@@ -207,8 +207,10 @@ def parse_dota_label(path: PathLike, classes: Sequence[str] = DOTA_V2_CLASSES,
         AnnotationError: see :func:`parse_dota_lines`; also a file that is not UTF-8 text.
     """
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such label file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, which some editors add, is dropped
     except UnicodeDecodeError as e:
         raise AnnotationError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     return parse_dota_lines(text.splitlines(), str(path), classes, lenient)
@@ -328,7 +330,7 @@ def parse_task1_lines(lines: Iterable[str], source_name: str) -> Detections:
 def read_task1_file(path: PathLike) -> Detections:
     """Read one ``Task1_<class>.txt`` file. See :func:`parse_task1_lines`."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark, which some editors add, is dropped
         return parse_task1_lines(f, str(path))
 
 

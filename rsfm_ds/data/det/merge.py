@@ -18,7 +18,7 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ...errors import DataError
+from ...errors import DataError, check_output_is_not_input
 from ...ops.rotated import batched_nms_rotated, polygon_to_box
 from .dota import AnnotationError, Detections, TASK1_PREFIX, read_task1_file, write_task1_dir
 from .split import parse_patch_name
@@ -103,6 +103,7 @@ def merge_dota(src: PathLike, out: PathLike, iou_thr: float = MERGE_IOU_THR,
             (the message names the file).
     """
     src = Path(src)
+    check_output_is_not_input(out, [src])
     if not src.is_dir():
         raise DataError(f"{src}: no such folder (expected Task1_<class>.txt files)")
     files = sorted(src.glob(f"{TASK1_PREFIX}*.txt"))

@@ -39,7 +39,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from ...errors import ConfigError, DataError
+from ...errors import ConfigError, DataError, check_output_is_not_input
 from ..images import read_bgr, write_image
 from ..tiling import window_starts
 from .dota import DOTA_V2_CLASSES, DotaAnnotation, parse_dota_label, write_dota_label
@@ -339,6 +339,7 @@ def split_dota(src: PathLike, out: PathLike, config: SplitConfig = SplitConfig()
         AnnotationError: a malformed label file (named with its line).
     """
     src, out = Path(src), Path(out)
+    check_output_is_not_input(out, [src])
     images = _find_images(src / "images")
     label_dir = src / "labelTxt"
     jobs = []

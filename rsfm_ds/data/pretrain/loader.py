@@ -37,7 +37,7 @@ from ...config import ConfigError, check, check_choices
 from .epoch_plan import EpochPlan, augment_seed, plan_exact_epoch, plan_resampled_epoch
 from .manifest import (Manifest, ShardIntegrityError, load_manifest, local_path, shard_urls,
                        verify_shards)
-from ..processes import init_worker, process_context
+from ..processes import process_context, worker_initializer
 from .shard_reader import RawSample, SampleReader, SkipEvent
 from ..images import IMAGENET_MEAN, IMAGENET_STD
 from .transforms import CropFlip, hwc_to_chw, normalize_batch
@@ -314,7 +314,7 @@ class PretrainLoader:
         dataset = _EpochDataset(self.plan, self.urls, self.start_batch, cfg)
         workers = {}
         if cfg.num_workers > 0:
-            workers = dict(num_workers=cfg.num_workers, worker_init_fn=init_worker,
+            workers = dict(num_workers=cfg.num_workers, worker_init_fn=worker_initializer(),
                            prefetch_factor=cfg.prefetch_factor,
                            multiprocessing_context=process_context(cfg.worker_start))
         loader = DataLoader(dataset, batch_size=None, collate_fn=_identity, pin_memory=cfg.pin_memory,

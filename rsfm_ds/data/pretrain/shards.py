@@ -35,13 +35,13 @@ import cv2
 import numpy as np
 import webdataset as wds
 
-from ...errors import DataError
+from ...errors import DataError, few, writing
 from ...config import check
 from ..jpeg import decode_jpeg, jpeg_size
 from .manifest import (FORMAT_VERSION, MANIFEST_NAME, ClassRecord, Manifest, ManifestError, ShardRecord,
                        SkippedFile, load_manifest, save_manifest, sha256_file)
 from .millionaid import SourceImage, scan_millionaid
-from ..processes import init_worker, process_context
+from ..processes import process_context, worker_initializer
 
 JOURNAL_NAME = "manifest.partial.jsonl"
 TAR_OVERHEAD = 3 * 1024  # tar headers and padding of one sample's three members, for size packing
@@ -173,7 +173,7 @@ def write_shard(plan: ShardPlan, root: Path, out: Path, classes: Sequence[ClassR
     skipped: List[SkippedFile] = []
     n = 0
     try:
-        with open(tmp, "wb") as f:
+        with writing(out / plan.name), open(tmp, "wb") as f:
             sink = _HashingWriter(f)
             # Fixed metadata (mtime 0, fixed owner and mode) makes shards byte-reproducible; an
             # integer mtime also keeps tarfile from adding a PAX header to every member.
@@ -305,7 +305,7 @@ def write_millionaid_shards(root: Union[str, Path], out: Union[str, Path], split
                 finish(i, *_build(*a))
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=process_context(),
-                                     initializer=init_worker) as pool:
+                                     initializer=worker_initializer()) as pool:
                 futures = {pool.submit(_build, *a): i for i, a in enumerate(args)}
                 for future in as_completed(futures):
                     finish(futures[future], *future.result())
@@ -321,4 +321,12 @@ def write_millionaid_shards(root: Union[str, Path], out: Union[str, Path], split
         root=str(root.resolve()))
     save_manifest(manifest, out / MANIFEST_NAME)
     (out / JOURNAL_NAME).unlink()
+    # Shards of an earlier run with other settings (another --maxcount: more or fewer shards)
+    # that this manifest does not list would be picked up by a glob over the folder: remove them.
+    listed = {r.name for r in manifest.shards}
+    removed = sorted(p.name for p in out.glob(f"millionaid-{split}-*.tar") if p.name not in listed)
+    for name in removed:
+        (out / name).unlink()
+    if removed and log is not None:
+        log(f"removed {len(removed)} shard(s) of an earlier run that this manifest does not list: {few(removed)}")
     return WriteReport(out / MANIFEST_NAME, manifest, actions["written"], actions["kept"])

@@ -91,6 +91,8 @@ class SegDataset(Dataset):
         mean, std: per-channel normalisation in [0, 1] units (ImageNet's by default).
         ignore_index: label value that is not scored; also the label padding.
         reduce_zero_label: apply mmseg's reduce-zero-label to labels (LoveDA raw masks).
+        num_classes: the classes a label may name; with it, any other value but ``ignore_index``
+            is an error naming the file (instead of an index error deep inside the loss).
         fraction: keep this fraction of ``pairs`` (:func:`select_fraction`, keyed by image file name).
         fraction_seed: seed of the subset (fixed per experiment, independent of ``seed``).
         seed: augmentation seed.
@@ -100,7 +102,7 @@ class SegDataset(Dataset):
                  cat_max_ratio: Optional[float] = None, hflip_prob: float = 0.5, vflip_prob: float = 0.0,
                  photometric: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, ignore_index: int = 255, reduce_zero_label: bool = False,
-                 fraction: float = 1.0, fraction_seed: int = 0, seed: int = 0):
+                 fraction: float = 1.0, fraction_seed: int = 0, seed: int = 0, num_classes: Optional[int] = None):
         if crop_size < 1:
             raise ConfigError(f"crop_size: must be >= 1, got {crop_size}")
         if cat_max_ratio is not None and not 0.0 < cat_max_ratio <= 1.0:
@@ -122,6 +124,7 @@ class SegDataset(Dataset):
         self.std = np.asarray(std, np.float32) * 255.0
         self.ignore_index = ignore_index
         self.reduce_zero_label = reduce_zero_label
+        self.num_classes = num_classes
         self.seed = seed
         self.epoch = 0
 
@@ -152,6 +155,14 @@ class SegDataset(Dataset):
                             f"{image.shape[1]}x{image.shape[0]}")
         if self.reduce_zero_label:
             label = apply_reduce_zero_label(label, self.ignore_index)
+        if self.num_classes is not None:
+            bad = (label >= self.num_classes) & (label != self.ignore_index)
+            if bad.any():
+                value = int(label[bad].flat[0])
+                stored = (f"value {value + 1} (class {value} after reduce-zero-label)" if self.reduce_zero_label
+                          else f"value {value}")
+                raise DataError(f"{label_path}: label {stored} is neither one of the {self.num_classes} "
+                                f"classes (0..{self.num_classes - 1}) nor the ignore index {self.ignore_index}")
         return image, label
 
     def _crop_box(self, rng: np.random.Generator, label: Optional[np.ndarray], h: int, w: int) -> Tuple[int, int]:

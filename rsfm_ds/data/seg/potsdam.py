@@ -46,6 +46,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
@@ -273,29 +274,48 @@ def prepare_potsdam(root: Union[str, Path], out: Union[str, Path], protocol: int
     report = PrepareReport(out=str(out), protocol=protocol, classes=list(class_names(protocol)),
                            ignore_index=IGNORE_INDEX, eroded=eroded, modality=modality, crop=crop, stride=stride,
                            tiles={"train": [], "val": []}, crops={"train": 0, "val": 0})
-    for split in ("train", "val"):
-        (out / "img_dir" / split).mkdir(parents=True, exist_ok=True)
-        (out / "ann_dir" / split).mkdir(parents=True, exist_ok=True)
-    for tile in tiles:
-        image_path, label_path = tile_path(root, tile, modality), tile_path(root, tile, label_kind)
-        image = read_rgb(image_path)
-        colour = read_rgb(label_path)
-        if image.shape != colour.shape:
-            raise DataError(f"{image_path} is {image.shape[1]}x{image.shape[0]} but {label_path} is "
-                            f"{colour.shape[1]}x{colour.shape[0]}")
-        index, n_unknown = colour_to_index(colour, protocol, eroded, unknown_to_ignore, str(label_path))
-        if n_unknown:
-            report.unknown_pixels[label_path.name] = n_unknown
-        try:
-            boxes = crop_boxes(image.shape[0], image.shape[1], crop, stride)
-        except DataError as e:
-            raise DataError(f"{image_path}: {e}") from None
-        split = split_of(tile)
-        for x0, y0, x1, y1 in boxes:
-            name = f"{tile}_{x0}_{y0}_{x1}_{y1}.png"
-            write_image(out / "img_dir" / split / name, np.ascontiguousarray(image[y0:y1, x0:x1, ::-1]))
-            write_image(out / "ann_dir" / split / name, np.ascontiguousarray(index[y0:y1, x0:x1]))
-        report.tiles[split].append(tile)
-        report.crops[split] += len(boxes)
-    (out / "prepare.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    # Crops go to a side folder first: a failure leaves `out` as it was (no crops without their
+    # prepare.json), and a success replaces its img_dir/ and ann_dir/ whole.
+    partial = out.parent / f".{out.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        for tile in tiles:
+            _crop_tile(root, tile, modality, label_kind, protocol, eroded, unknown_to_ignore, crop, stride, partial,
+                       report)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "prepare.json").unlink(missing_ok=True)
+        for folder in ("img_dir", "ann_dir"):
+            shutil.rmtree(out / folder, ignore_errors=True)
+            (partial / folder).rename(out / folder)
+        (out / "prepare.json").write_text(json.dumps(asdict(report), indent=2) + "\n")  # last: marks it complete
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return report
+
+
+def _crop_tile(root: Path, tile: str, modality: str, label_kind: str, protocol: int, eroded: bool,
+               unknown_to_ignore: bool, crop: int, stride: int, out: Path, report: PrepareReport) -> None:
+    """Write one tile's crops under ``out`` (``img_dir/<split>``, ``ann_dir/<split>``); count them."""
+    image_path, label_path = tile_path(root, tile, modality), tile_path(root, tile, label_kind)
+    image = read_rgb(image_path)
+    colour = read_rgb(label_path)
+    if image.shape != colour.shape:
+        raise DataError(f"{image_path} is {image.shape[1]}x{image.shape[0]} but {label_path} is "
+                        f"{colour.shape[1]}x{colour.shape[0]}")
+    index, n_unknown = colour_to_index(colour, protocol, eroded, unknown_to_ignore, str(label_path))
+    if n_unknown:
+        report.unknown_pixels[label_path.name] = n_unknown
+    try:
+        boxes = crop_boxes(image.shape[0], image.shape[1], crop, stride)
+    except DataError as e:
+        raise DataError(f"{image_path}: {e}") from None
+    split = split_of(tile)
+    for folder in ("img_dir", "ann_dir"):
+        (out / folder / "train").mkdir(parents=True, exist_ok=True)
+        (out / folder / "val").mkdir(parents=True, exist_ok=True)
+    for x0, y0, x1, y1 in boxes:
+        name = f"{tile}_{x0}_{y0}_{x1}_{y1}.png"
+        write_image(out / "img_dir" / split / name, np.ascontiguousarray(image[y0:y1, x0:x1, ::-1]))
+        write_image(out / "ann_dir" / split / name, np.ascontiguousarray(index[y0:y1, x0:x1]))
+    report.tiles[split].append(tile)
+    report.crops[split] += len(boxes)

@@ -13,6 +13,8 @@ IO_THREADS = 16
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8"
+_PNG_END = b"IEND"
+_JPEG_END = b"\xff\xd9"
 _TIFF = (b"II*\x00", b"MM\x00*")
 _BMP = b"BM"
 
@@ -29,17 +31,31 @@ def list_files(folder: Path) -> List[Path]:
     return sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: p.name)
 
 
+def _cut_short(path: Path, end_marker: bytes) -> bool:
+    """True when ``end_marker`` is not in the last kilobyte of ``path``: a JPEG ends with its
+    end-of-image marker and a PNG with its IEND chunk, which a file cut short has lost (a few bytes
+    of padding after them are tolerated). Reads only the tail."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 1024))
+        return end_marker not in f.read()
+
+
 def image_header(path: Path, need_size: bool) -> Tuple[str, Optional[Tuple[int, int]]]:
     """``(format, (width, height) or None)`` from the first bytes of an image file; the size only
-    when ``need_size`` (PNG and JPEG), else only the signature is read.
+    when ``need_size`` (PNG and JPEG), else only the signature is read. PNG and JPEG files must
+    also end as their format does (a file cut short does not).
 
     Raises:
-        ValueError: the signature is no PNG, JPEG, TIFF or BMP, or the header is cut short.
+        ValueError: the signature is no PNG, JPEG, TIFF or BMP, or the file is cut short.
     """
     from ..jpeg import jpeg_size
 
     with open(path, "rb") as f:
         head = f.read(4096 if need_size else 8)
+    for signature, end, name in ((_PNG, _PNG_END, "PNG"), (_JPEG, _JPEG_END, "JPEG")):
+        if head.startswith(signature) and _cut_short(path, end):
+            raise ValueError(f"{name} file cut short (no {'IEND chunk' if name == 'PNG' else 'end-of-image marker'})")
     if head.startswith(_PNG):
         if not need_size:
             return "png", None
