@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 def read_metrics(run_dir: Path) -> Dict[int, Dict[str, float]]:
@@ -61,9 +61,56 @@ def _bar(values: Dict[str, float], ylabel: str, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def _num(value: float) -> str:
-    """Counts as integers, metrics to 4 significant digits (mAP is a fraction, mIoU a percentage)."""
+def _num(value: Optional[float]) -> str:
+    """Counts as integers, metrics to 4 significant digits (mAP is a fraction, mIoU a percentage);
+    ``n/a`` for an undefined metric (None in the evaluation's JSON)."""
+    if value is None:
+        return "n/a"
     return f"{int(value):d}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4g}"
+
+
+def _is_metric(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _per_class(result: Dict[str, Any]) -> Dict[str, Dict[str, Optional[float]]]:
+    """``kind -> class -> value`` from an evaluation's ``<kind>/<class>`` keys, in their order."""
+    kinds: Dict[str, Dict[str, Optional[float]]] = {}
+    for key, value in result.items():
+        if "/" in key and _is_metric(value):
+            kind, name = key.split("/", 1)
+            kinds.setdefault(kind, {})[name] = value
+    return kinds
+
+
+def _evaluation_lines(name: str, result: Dict[str, Any], check: Dict[str, Any], check_path: Optional[Path],
+                      out: Path) -> List[str]:
+    """Markdown of one evaluation: what it was computed on, the headline metrics (beside an
+    independent ``rsfm eval`` when given), the per-class table with its plot, and why any value
+    is n/a."""
+    lines = [f"Evaluated on: {result['protocol']}", ""] if result.get("protocol") else []
+    scalars = {k: v for k, v in result.items() if _is_metric(v) and "/" not in k and k != "step"}
+    header = f"| metric (step {result.get('step', '?')}) | value |"
+    if check:
+        header += f" `rsfm eval` on the saved predictions ({check_path}) |"
+    lines += [header, "|---|---|" + ("---|" if check else "")]
+    for k, v in scalars.items():
+        cell = ""
+        if check:
+            cell = f" {_num(check[k])} |" if k in check and _is_metric(check[k]) else " |"
+        lines.append(f"| {k} | {_num(v)} |{cell}")
+    lines.append("")
+    kinds = _per_class(result)
+    if kinds:
+        first = next(iter(kinds))
+        plotted = {c: v for c, v in kinds[first].items() if v is not None}
+        _bar(plotted, first, f"{name}: per-class {first}", out.parent / f"{name}_per_class.png")
+        classes = list(dict.fromkeys(c for values in kinds.values() for c in values))
+        lines += ["| class | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        lines += [f"| {c} | " + " | ".join(_num(kinds[k].get(c)) for k in kinds) + " |" for c in classes]
+        notes = [f"n/a: {note}" for note in result.get("notes", [])]
+        lines += ([""] + notes if notes else []) + ["", f"![{name} per class]({name}_per_class.png)", ""]
+    return lines
 
 
 def write_report(out: Path, pretrain: Optional[Path], finetunes: Dict[str, Path],
@@ -100,23 +147,8 @@ def write_report(out: Path, pretrain: Optional[Path], finetunes: Dict[str, Path]
         if result is None:
             lines += ["No evaluation found.", ""]
             continue
-        scalars = {k: v for k, v in result.items() if isinstance(v, (int, float)) and "/" not in k and k != "step"}
-        check = json.loads(Path(independent[name]).read_text()) if name in independent else {}
-        header = f"| metric (step {result.get('step', '?')}) | value |"
-        if check:
-            header += f" `rsfm eval` on the saved predictions ({independent[name]}) |"
-        lines += [header, "|---|---|" + ("---|" if check else "")]
-        for k, v in scalars.items():
-            other = check.get(k)
-            cell = f" {_num(other)} |" if isinstance(other, (int, float)) else (" |" if check else "")
-            lines.append(f"| {k} | {_num(v)} |{cell}")
-        lines.append("")
-        per_class = {k.split("/", 1)[1]: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
-        if per_class:
-            kind = next(k for k in result if "/" in k).split("/")[0]
-            _bar(per_class, kind, f"{name}: per-class {kind}", out.parent / f"{name}_per_class.png")
-            lines += ["| class | " + kind + " |", "|---|---|"]
-            lines += [f"| {c} | {_num(v)} |" for c, v in per_class.items()]
-            lines += ["", f"![{name} per class]({name}_per_class.png)", ""]
+        check_path = Path(independent[name]) if name in independent else None
+        check = json.loads(check_path.read_text()) if check_path is not None else {}
+        lines += _evaluation_lines(name, result, check, check_path, out)
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -157,6 +157,59 @@ def test_conversion_names_a_damaged_file_and_warns_on_an_unmarked_tag(ckpts, tmp
     assert list(unmarked) == list(marked) and all(torch.equal(unmarked[k], v) for k, v in marked.items())
 
 
+# A user's own script resuming with DeepSpeed's API alone: the folder, no tag.
+LOAD_LATEST_SCRIPT = r'''
+import json, sys
+import torch
+from safetensors.torch import save_file
+import deepspeed
+from rsfm_ds.config import load_config
+from rsfm_ds.engine.config import PretrainConfig
+from rsfm_ds.engine.deepspeed_setup import build_model, initialize
+from rsfm_ds.engine.loop import start_run
+from rsfm_ds.engine.param_groups import build_param_groups
+
+config, ckpt_dir, out = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
+cfg = load_config(PretrainConfig, config, [f"run_dir={out}/run"])
+run = start_run(cfg.run_dir, cfg.train, cfg.optim.clip_grad)
+model = build_model(cfg.model.build, run.ds_config, cfg.model.zero_init)
+engine, _ = initialize(model, build_param_groups(model, cfg.optim.weight_decay), run.ds_config, cfg.optim)
+path, client_state = engine.load_checkpoint(ckpt_dir)
+with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+    weights = {k: v.detach().float().clone().contiguous() for k, v in engine.module.state_dict().items()}
+if run.rank == 0:
+    save_file(weights, f"{out}/loaded.safetensors")
+    json.dump({"path": path, "step": client_state["step"]}, open(f"{out}/loaded.json", "w"))
+'''
+
+
+@pytest.mark.distributed
+def test_deepspeeds_own_tools_find_the_newest_complete_tag(source_run, ckpts, tmp_path):
+    copy = tmp_path / "checkpoints"
+    shutil.copytree(ckpts, copy)
+    assert (copy / layout.LATEST_FILE).read_text() == "step_00000002"
+    # A newer tag cut off while saving (no COMPLETE marker) is not what `latest` names.
+    shutil.copytree(copy / "step_00000002", copy / "step_00000003")
+    (copy / "step_00000003" / layout.COMPLETE_MARKER).unlink()
+    ours = load_file(zero_to_fp32(copy, tmp_path / "ours").files[0])
+
+    # DeepSpeed's bundled zero_to_fp32.py as its documentation runs it: in the folder, output only.
+    proc = subprocess.run([sys.executable, "zero_to_fp32.py", ".", str(tmp_path / "ds"), "--safe_serialization"],
+                          cwd=copy, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    theirs = load_file(tmp_path / "ds" / "model.safetensors")
+    assert sorted(theirs) == sorted(ours) and all(torch.equal(theirs[k], v) for k, v in ours.items())
+
+    script = tmp_path / "load_latest.py"
+    script.write_text(LOAD_LATEST_SCRIPT)
+    launch(2, [str(script), str(source_run / "config.yaml"), str(copy), str(tmp_path)])
+    loaded = json.loads((tmp_path / "loaded.json").read_text())
+    assert (Path(loaded["path"]).parent.name, loaded["step"]) == ("step_00000002", 2)
+    # The module holds the checkpoint's weights (bf16 training: the bf16 copy of the fp32 masters).
+    module = load_file(tmp_path / "loaded.safetensors")
+    assert all(torch.equal(module[k], v.to(torch.bfloat16).float()) for k, v in ours.items())
+
+
 # --- backbone, position table, timm ---------------------------------------------------------------
 
 @pytest.mark.distributed

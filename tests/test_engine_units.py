@@ -146,6 +146,23 @@ def test_prune_keeps_the_last_k_and_drops_stale_partials(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000030", "step_00000040"]
 
 
+def test_latest_names_the_newest_complete_whole_tag_and_survives_pruning(tmp_path):
+    fake_tag(tmp_path, 10)
+    assert layout.point_latest(tmp_path) == "step_00000010"
+    fake_tag(tmp_path, 20, complete=False)  # being written, or cut off while saving
+    assert layout.point_latest(tmp_path) == "step_00000010"
+    assert (tmp_path / "latest").read_text() == "step_00000010"
+    for step in (30, 40):
+        fake_tag(tmp_path, step)
+    manager(tmp_path, keep_last=1).prune()
+    assert layout.point_latest(tmp_path) == "step_00000040"
+    assert (tmp_path / (tmp_path / "latest").read_text()).is_dir()
+    cut = tmp_path / "step_00000040" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    cut.write_bytes(cut.read_bytes()[:40])
+    assert layout.point_latest(tmp_path) is None and not (tmp_path / "latest").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging file left
+
+
 def test_rng_state_round_trip():
     g = torch.Generator().manual_seed(3)
     state = rng_state(g)

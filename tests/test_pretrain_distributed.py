@@ -108,6 +108,7 @@ def test_kill_while_saving_then_exact_resume(manifest, reference_run, tmp_path):
     ckpts = run_dir / "checkpoints"
     assert (ckpts / "step_00000010" / "COMPLETE").is_file()
     assert (ckpts / "step_00000020").is_dir() and not (ckpts / "step_00000020" / "COMPLETE").exists()
+    assert (ckpts / "latest").read_text() == "step_00000010"  # DeepSpeed's tools load a complete tag
 
     launch(run_dir, manifest, "train.max_steps=20", "--resume", "auto")
     log = (run_dir / "train.log").read_text()

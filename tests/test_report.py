@@ -39,3 +39,24 @@ def test_report_cli_rejects_an_evaluation_without_its_run(tmp_path, capsys):
     code = main(["report", "--out", str(tmp_path / "r.md"), "--finetune", f"detection={det}",
                  "--eval", f"segmentation={tmp_path / 'x.json'}"])
     assert code == 2 and "--eval segmentation=...: no --finetune of that name" in capsys.readouterr().err
+
+
+def test_report_notes_an_undefined_metric_exactly_when_a_class_has_no_prediction(tmp_path):
+    import torch
+
+    from rsfm_ds.evaluation.seg_metrics import confusion_matrix, eval_record, metrics_from_confusion
+
+    label = torch.tensor([0, 0, 1, 1, 2, 2])
+    names = ["building", "tree", "car"]
+    for case, pred in [("never", [0, 0, 1, 1, 1, 0]), ("predicted", [0, 0, 1, 1, 2, 0])]:
+        record = eval_record(metrics_from_confusion(confusion_matrix(torch.tensor(pred), label, 3), names))
+        run = fake_run(tmp_path / case, [(1, 1.0)], {"step": 1, "protocol": "potsdam val split; 3 classes", **record})
+        text = write_report(tmp_path / f"{case}.md", None, {"segmentation": run}).read_text()
+        assert "Evaluated on: potsdam val split; 3 classes" in text
+        assert "| class | IoU | Acc | F1 |" in text
+        if case == "never":
+            # IoU 0 enters mIoU; F1 is 0/0 (precision undefined) and mF1 averages the other two.
+            assert "| car | 0 | 0 | n/a |" in text
+            assert "n/a: F1 n/a for car (never predicted): mF1 is the mean of the other 2 classes" in text
+        else:
+            assert "n/a" not in text

@@ -132,8 +132,12 @@ def test_classes_without_objects_or_detections_and_the_mean():
     js = result.to_json()
     assert js["mAP"] == 0.5 and js["AP"] == {"plane": 1.0, "ship": 0.0, "harbor": None}
     json.dumps(js, allow_nan=False)
-    table = format_map_table(result)
-    assert "harbor" in table and table.splitlines()[-2].split()[-1] == "0.5000"
+    table = format_map_table(result).splitlines()
+    assert [line.split()[-1] for line in table if line.split()[0] in ("harbor", "mAP")] == ["n/a", "0.5000"]
+    assert table[-1] == js["notes"][0] == ("AP n/a for harbor (no objects in the ground truth that count): "
+                                           "mAP is the mean of the other 2 classes")
+    both = evaluate_rotated_map({"plane": dets["plane"]}, gt, ("plane", "ship"))
+    assert both.to_json()["notes"] == [] and "n/a" not in format_map_table(both)
     # A detection on an image with objects of other classes only is a false positive.
     fp = evaluate_rotated_map({"ship": dets_of([("I1", 0.9, C), ("I1", 0.8, B)])}, gt, CLASSES)
     assert fp.per_class["ship"].fp.tolist() == [1, 0]

@@ -11,8 +11,8 @@ import torch
 from rsfm_ds.data.seg.labels import apply_reduce_zero_label
 from rsfm_ds.data.tiling import window_starts
 from rsfm_ds.errors import DataError
-from rsfm_ds.evaluation.seg_metrics import (SegMetric, confusion_matrix, evaluate_dirs, format_result,
-                                            metrics_from_confusion)
+from rsfm_ds.evaluation.seg_metrics import (SegMetric, confusion_matrix, eval_record, evaluate_dirs, format_result,
+                                            metrics_from_confusion, undefined_notes)
 from rsfm_ds.evaluation.sliding_window import sliding_window_inference
 
 
@@ -79,6 +79,27 @@ def test_nanmean_skips_absent_classes_with_mmseg_edge_cases():
     js = r.to_json()
     assert js["IoU"]["2"] is None
     json.dumps(js, allow_nan=False)
+    # Each undefined value is marked and explained, with what its mean leaves out.
+    assert js["notes"] == undefined_notes(r) == [
+        "IoU n/a for 2 (neither in the labels nor predicted): mIoU is the mean of the other 3 classes",
+        "Acc n/a for 2 (neither in the labels nor predicted), 3 (not in the labels): mAcc is the mean of the "
+        "other 2 classes",
+        "F1 n/a for 2 (neither in the labels nor predicted), 3 (not in the labels): mF1 is the mean of the "
+        "other 2 classes"]
+    table = format_result(r)
+    assert table.splitlines()[3].split() == ["2", "n/a", "n/a", "n/a"] and table.splitlines()[-3:] == js["notes"]
+
+
+def test_a_class_never_predicted_is_noted_only_when_it_is():
+    # The quickstart's case: "car" in the labels, never predicted: IoU 0 (in mIoU), F1 n/a (not in mF1).
+    label = torch.tensor([0, 0, 1, 1, 2])
+    never = metrics_from_confusion(confusion_matrix(torch.tensor([0, 0, 1, 1, 1]), label, 3), ["a", "b", "car"])
+    assert never.iou[2] == 0.0 and math.isnan(never.f1[2])
+    assert undefined_notes(never) == ["F1 n/a for car (never predicted): mF1 is the mean of the other 2 classes"]
+    record = eval_record(never)
+    assert record["F1/car"] is None and record["IoU/car"] == 0.0 and record["notes"] == undefined_notes(never)
+    predicted = metrics_from_confusion(confusion_matrix(torch.tensor([0, 1, 1, 1, 2]), label, 3), ["a", "b", "car"])
+    assert undefined_notes(predicted) == [] and "n/a" not in format_result(predicted)
 
 
 def test_reduce_zero_label_numpy_and_torch_and_in_metric():

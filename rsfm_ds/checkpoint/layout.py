@@ -15,8 +15,12 @@ This module is the one place that knows these names; the engine (which saves and
 converters (which read) both import it.
 
 Why this module exists next to DeepSpeed's own readers: DeepSpeed picks a tag from its ``latest``
-file, which a run killed while saving leaves pointing at a half-written tag; we pick the newest
-*complete* tag, and fall back to ``latest`` only for checkpoints written without our markers.
+file, which DeepSpeed itself writes before the other ranks have finished, so a run killed while
+saving leaves it pointing at a half-written tag; we pick the newest *complete* tag, and fall back to
+``latest`` only for checkpoints written without our markers. The engine still writes ``latest``
+(:func:`point_latest`), but only once a tag is complete and whole, atomically, and again after
+pruning, so DeepSpeed's own tools (the ``zero_to_fp32.py`` it copies into the folder,
+``engine.load_checkpoint(dir)`` without a tag) find the newest complete tag too.
 
 Safety: DeepSpeed checkpoint files are pickles and can hold DeepSpeed objects (``ZeroStageEnum``,
 ``LossScaler``) and NumPy RNG arrays, which ``torch.load(weights_only=True)`` refuses. Unpickling
@@ -27,6 +31,7 @@ only place in rsfm-ds that calls ``torch.load(..., weights_only=False)``; DeepSp
 from __future__ import annotations
 
 import logging
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -37,6 +42,7 @@ import torch
 from ..errors import CheckpointError
 
 COMPLETE_MARKER = "COMPLETE"
+LATEST_FILE = "latest"  # DeepSpeed's: the tag its tools load when given only the folder
 log = logging.getLogger(__name__)
 _OPTIM_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 _ZERO3_MODEL_FILE = "zero_pp_rank_{rank}_mp_rank_00_model_states.pt"
@@ -63,6 +69,21 @@ def is_complete(tag_dir: Path) -> bool:
 def mark_complete(tag_dir: Path, step: int) -> None:
     """Write ``tag_dir``'s ``COMPLETE`` marker; call once every rank has finished writing it."""
     (tag_dir / COMPLETE_MARKER).write_text(f"{step}\n")
+
+
+def point_latest(ckpt_dir: Path) -> Optional[str]:
+    """Make DeepSpeed's ``ckpt_dir/latest`` name the newest complete, whole tag (remove it when there
+    is none); returns that tag. Atomic: a reader sees the old or the new name, never a partial one.
+    Call on one rank, after :func:`mark_complete` and after pruning."""
+    latest = ckpt_dir / LATEST_FILE
+    newest = next((t for t in reversed(complete_tags(ckpt_dir)) if tag_damage(ckpt_dir / t) is None), None)
+    if newest is None:
+        latest.unlink(missing_ok=True)
+        return None
+    staged = ckpt_dir / f".{LATEST_FILE}.tmp{os.getpid()}"
+    staged.write_text(newest)
+    os.replace(staged, latest)
+    return newest
 
 
 def tag_dirs(ckpt_dir: Path) -> List[Path]:
@@ -134,7 +155,7 @@ def _find_tag_dir(path: Path, tag: Optional[str]) -> Path:
     tags = complete_tags(path)
     if tags:
         return path / tags[-1]
-    latest = path / "latest"
+    latest = path / LATEST_FILE
     if latest.is_file() and is_tag_dir(path / latest.read_text().strip()):
         return path / latest.read_text().strip()
     raise CheckpointError(f"{path}: neither a DeepSpeed tag directory nor a checkpoints folder with a "
@@ -241,6 +262,7 @@ def client_state(tag_dir: Path, rank: int = 0) -> Dict[str, Any]:
     return {k: states[k] for k in keys if k in states}
 
 
-__all__ = ["COMPLETE_MARKER", "tag_for", "is_tag_name", "is_complete", "mark_complete", "tag_dirs", "tag_damage",
-           "complete_tags", "load_deepspeed_pickle", "is_tag_dir", "resolve_tag_dir", "is_universal",
-           "optim_state_files", "model_state_file", "saved_world_size", "read_model_states", "client_state"]
+__all__ = ["COMPLETE_MARKER", "LATEST_FILE", "tag_for", "is_tag_name", "is_complete", "mark_complete",
+           "point_latest", "tag_dirs", "tag_damage", "complete_tags", "load_deepspeed_pickle", "is_tag_dir",
+           "resolve_tag_dir", "is_universal", "optim_state_files", "model_state_file", "saved_world_size",
+           "read_model_states", "client_state"]

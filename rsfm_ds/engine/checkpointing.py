@@ -102,6 +102,7 @@ class CheckpointManager:
         if dist.get_rank() == 0:
             layout.mark_complete(path, step)
             self.prune()
+            layout.point_latest(self.ckpt_dir)  # for DeepSpeed's own tools; COMPLETE stays our truth
         dist.barrier()
         return path
 

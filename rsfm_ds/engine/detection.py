@@ -44,7 +44,8 @@ from ..data.det.split import parse_patch_name
 from ..data.subsets import select_fraction
 from ..errors import DataError, few
 from ..evaluation.detection_results import predict, to_task1
-from ..evaluation.rotated_map import DEVKIT, MMROTATE, MapResult, class_list, evaluate_rotated_map
+from ..evaluation.rotated_map import (DEVKIT, MMROTATE, MapResult, class_list, evaluate_rotated_map,
+                                      undefined_ap_notes)
 from ..models.heads import OrientedRCNN, OrientedRCNNConfig
 from .config import FinetuneConfig
 from .task import FinetuneTask
@@ -224,6 +225,14 @@ class DetectionTask(FinetuneTask):
             metrics.update(_metrics(evaluate_rotated_map(merged, full, self.classes, protocol)))
         return metrics
 
+    def evaluation_protocol(self) -> str:
+        d = self.cfg.data
+        where = d.val_dir if d.dataset != "dior" else f"{d.root} {d.val_split} image set"
+        merged = (f"; patch detections merged to full images and scored against {d.val_full_labels}"
+                  if d.val_full_labels else "")
+        return (f"{d.dataset} {where}; {len(self.classes)} classes ({', '.join(self.classes)}); "
+                f"{PROTOCOLS[d.protocol].describe()} ({d.protocol}){merged}")
+
     def _full_image_ground_truth(self, patch_gt: Dict[str, DetRecord]) -> Dict[str, DetRecord]:
         """The unsplit images' ground truth for the images the patches come from."""
         dataset_classes = DOTA_CLASS_LISTS[self.cfg.data.dataset]
@@ -247,9 +256,10 @@ def _is_patch_name(name: str) -> bool:
     return True
 
 
-def _metrics(result: MapResult) -> Dict[str, float]:
-    out = {"mAP": result.mAP}
-    out.update({f"AP/{c}": r.ap for c, r in result.per_class.items() if not math.isnan(r.ap)})
+def _metrics(result: MapResult) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"mAP": None if math.isnan(result.mAP) else result.mAP}
+    out.update({f"AP/{c}": None if math.isnan(r.ap) else r.ap for c, r in result.per_class.items()})
+    out["notes"] = undefined_ap_notes(result)
     return out
 
 

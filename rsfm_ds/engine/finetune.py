@@ -174,9 +174,12 @@ def _evaluate(task: FinetuneTask, engine, eval_set, cfg: FinetuneConfig, run: Ru
         result = task.evaluate(engine.module, batches, run.device, dtype, out_dir)
     engine.module.train()
     logger.scalars(state.step, {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+    for note in result.get("notes", []):
+        logger.line(f"eval: {note}")
     if run.rank == 0:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        (out_dir.parent / f"{out_dir.name}.json").write_text(json.dumps(dict(step=state.step, **result), indent=2))
+        record = dict(step=state.step, protocol=task.evaluation_protocol(), **result)
+        (out_dir.parent / f"{out_dir.name}.json").write_text(json.dumps(record, indent=2))
     return result
 
 

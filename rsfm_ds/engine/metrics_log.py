@@ -50,7 +50,7 @@ class TrainLogger:
                 if value is not None:
                     self.writer.add_scalar(key, value, step)
         self.metrics_file.write(json.dumps({"step": step, **values}) + "\n")
-        parts = [f"step {step}"] + [f"{k.split('/')[-1]} {_fmt(v)}" for k, v in values.items() if v is not None]
+        parts = [f"step {step}"] + [f"{k.split('/', 1)[-1]} {_fmt(v)}" for k, v in values.items() if v is not None]
         self.line("  ".join(parts))
 
     def line(self, text: str) -> None:

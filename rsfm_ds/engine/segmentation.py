@@ -9,6 +9,7 @@ PNGs for ``rsfm eval seg``.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple
@@ -21,7 +22,7 @@ from ..config import check, check_choices
 from ..data.seg.loveda import LOVEDA_CLASSES, loveda_pairs
 from ..data.seg.dataset import SegDataset, mmseg_pairs
 from ..data.seg.potsdam import class_names as potsdam_class_names
-from ..evaluation.seg_metrics import SegMetric, metrics_from_confusion
+from ..evaluation.seg_metrics import SegMetric, eval_record, metrics_from_confusion
 from ..evaluation.segmentation_results import write_index_png
 from ..evaluation.sliding_window import sliding_window_inference
 from ..models.heads import SegmentationModel, UperNetConfig
@@ -158,8 +159,21 @@ class SegmentationTask(FinetuneTask):
         conf = metric.conf.clone().to(device)
         if dist.is_initialized():
             dist.all_reduce(conf)
-        result = metrics_from_confusion(conf.cpu(), self.class_names())
-        report = result.to_json()
-        flat = {k: v for k, v in report.items() if isinstance(v, (int, float))}
-        flat.update({f"IoU/{k}": v for k, v in report.get("IoU", {}).items() if v is not None})
-        return flat
+        return eval_record(metrics_from_confusion(conf.cpu(), self.class_names()))
+
+    def evaluation_protocol(self) -> str:
+        d = self.cfg.data
+        names = self.class_names()
+        ignored = f"label {d.ignore_index} ignored"
+        if d.dataset == "loveda":
+            ignored += " (no-data 0 by reduce-zero-label)"
+        prepared = Path(d.root) / "prepare.json"
+        if d.dataset == "potsdam" and prepared.is_file():
+            how = json.loads(prepared.read_text())
+            ignored += (f" (protocol {how.get('protocol')}: clutter "
+                        f"{'ignored' if how.get('protocol') == 5 else 'a class'}; "
+                        f"{'eroded boundaries ignored' if how.get('eroded') else 'full-reference labels'})")
+        split = "Val" if d.dataset == "loveda" else "val"
+        return (f"{d.dataset} {split} split of {d.root}; {len(names)} classes ({', '.join(names)}); {ignored}; "
+                f"sliding window {d.crop_size} px, stride {d.eval_stride}{', flip test' if d.flip_test else ''}; "
+                f"areas summed over the split (mmseg IoUMetric)")

@@ -52,7 +52,15 @@ class FinetuneTask(abc.ABC):
                  device: torch.device, dtype: torch.dtype, out_dir: Path) -> Dict[str, float]:
         """Run inference on this rank's batches (``(batch, is_padding)`` pairs) and return the
         dataset-level metrics, identical on every rank (gather partial results across ranks).
-        Every rank receives the same number of batches, as ZeRO-3 forward passes require."""
+        Every rank receives the same number of batches, as ZeRO-3 forward passes require.
+
+        Values are numbers, or None where a metric is undefined; the key ``notes`` may hold lines
+        saying which values are undefined and what the means leave out (logged and kept)."""
+
+    def evaluation_protocol(self) -> str:
+        """One line stating what the metrics are computed on: dataset, split, classes, ignore rules
+        and the metric's own protocol (written beside every evaluation and into reports)."""
+        return ""
 
     def eval_collate(self, samples: List[Tuple[Any, bool]]) -> Tuple[Any, List[bool]]:
         return self.collate([s for s, _ in samples]), [pad for _, pad in samples]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Protocol, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -131,11 +131,12 @@ class MapResult:
         return {c: (None if math.isnan(r.ap) else float(r.ap)) for c, r in self.per_class.items()}
 
     def to_json(self) -> dict:
-        """``{"mAP": ..., "AP": {class: ...}, "num_gts": {...}, "num_dets": {...}, "protocol": ...}``."""
+        """``{"mAP": ..., "AP": {class: ...}, "num_gts": {...}, "num_dets": {...}, "protocol": ...,
+        "notes": [...]}`` (:func:`undefined_ap_notes`)."""
         return {"mAP": None if math.isnan(self.mAP) else float(self.mAP), "AP": self.ap(),
                 "num_gts": {c: r.num_gts for c, r in self.per_class.items()},
                 "num_dets": {c: r.num_dets for c, r in self.per_class.items()},
-                "protocol": self.protocol.describe()}
+                "protocol": self.protocol.describe(), "notes": undefined_ap_notes(self)}
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray, metric: str = "voc07") -> float:
@@ -329,14 +330,28 @@ def evaluate_task1(det_dir: PathLike, labels: PathLike, dataset: str = "dota2",
     return evaluate_rotated_map(detections, ground_truth, classes, protocol)
 
 
+def undefined_ap_notes(result: MapResult) -> List[str]:
+    """A line naming the classes without AP (no objects counted in the ground truth) and saying
+    that mAP leaves them out; empty when every class has an AP."""
+    undefined = [c for c, r in result.per_class.items() if math.isnan(r.ap)]
+    if not undefined:
+        return []
+    rest = len(result.per_class) - len(undefined)
+    return [f"AP n/a for {', '.join(undefined)} (no objects in the ground truth"
+            f"{' that count' if result.protocol.ignore_difficult else ''}): mAP is the mean of the other "
+            f"{rest} class{'es' if rest != 1 else ''}"]
+
+
 def format_map_table(result: MapResult) -> str:
-    """A text table: class, objects counted, detections, AP (4 decimals; '-' where undefined)."""
+    """A text table: class, objects counted, detections, AP (4 decimals; 'n/a' where undefined,
+    with a line saying which classes mAP leaves out)."""
     width = max([len("class")] + [len(c) for c in result.per_class])
     lines = [f"{'class':<{width}}  {'gts':>7}  {'dets':>8}  {'AP':>6}"]
     for name, r in result.per_class.items():
-        ap = "-" if math.isnan(r.ap) else f"{r.ap:.4f}"
+        ap = "n/a" if math.isnan(r.ap) else f"{r.ap:.4f}"
         lines.append(f"{name:<{width}}  {r.num_gts:>7d}  {r.num_dets:>8d}  {ap:>6}")
-    m_ap = "-" if math.isnan(result.mAP) else f"{result.mAP:.4f}"
+    m_ap = "n/a" if math.isnan(result.mAP) else f"{result.mAP:.4f}"
     lines.append(f"{'mAP':<{width}}  {'':>7}  {'':>8}  {m_ap:>6}")
     lines.append(f"({result.protocol.describe()})")
+    lines += undefined_ap_notes(result)
     return "\n".join(lines)

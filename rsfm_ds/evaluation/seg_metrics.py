@@ -92,9 +92,11 @@ class SegResult:
     """Number of scored (non-ignored) pixels."""
 
     def to_json(self) -> Dict[str, object]:
-        """``{"aAcc", "mIoU", "mAcc", "mF1", "IoU": {name: v}, "Acc": {...}, "F1": {...}}`` in percent.
+        """``{"aAcc", "mIoU", "mAcc", "mF1", "IoU": {name: v}, "Acc": {...}, "F1": {...}, "pixels",
+        "notes"}`` in percent.
 
-        NaN becomes ``null`` so that the result is valid JSON.
+        NaN becomes ``null`` so that the result is valid JSON; ``notes`` says why
+        (:func:`undefined_notes`).
         """
         def pct(v: float) -> Optional[float]:
             return None if math.isnan(v) else round(100.0 * v, 4)
@@ -105,7 +107,47 @@ class SegResult:
             "Acc": {n: pct(v) for n, v in zip(self.class_names, self.acc)},
             "F1": {n: pct(v) for n, v in zip(self.class_names, self.f1)},
             "pixels": self.pixels,
+            "notes": undefined_notes(self),
         }
+
+
+MEAN_OF = {"IoU": "mIoU", "Acc": "mAcc", "F1": "mF1"}
+"""The mean over classes that each per-class metric enters."""
+
+
+def undefined_notes(result: SegResult) -> List[str]:
+    """One line per metric that is undefined (0/0, NaN) for some classes: which classes, why, and
+    that its mean leaves them out (mmseg's ``nanmean``). Empty when every value is defined.
+
+    E.g. ``F1 n/a for car (never predicted): mF1 is the mean of the other 4 classes``.
+    """
+    def why(i: int) -> str:
+        absent, unpredicted = math.isnan(result.recall[i]), math.isnan(result.precision[i])
+        if absent and unpredicted:
+            return "neither in the labels nor predicted"
+        return "not in the labels" if absent else "never predicted"
+
+    notes = []
+    for kind, values in (("IoU", result.iou), ("Acc", result.acc), ("F1", result.f1)):
+        undefined = [i for i, v in enumerate(values) if math.isnan(v)]
+        if undefined:
+            classes = ", ".join(f"{result.class_names[i]} ({why(i)})" for i in undefined)
+            rest = len(values) - len(undefined)
+            notes.append(f"{kind} n/a for {classes}: {MEAN_OF[kind]} is the mean of the other {rest} "
+                         f"class{'es' if rest != 1 else ''}")
+    return notes
+
+
+def eval_record(result: SegResult) -> Dict[str, object]:
+    """The flat record of one evaluation, in percent: ``aAcc``, ``mIoU``, ``mAcc``, ``mF1``,
+    ``pixels``, ``IoU/<class>``, ``Acc/<class>``, ``F1/<class>`` (None where undefined) and
+    ``notes`` (:func:`undefined_notes`)."""
+    report = result.to_json()
+    record: Dict[str, object] = {k: report[k] for k in ("aAcc", "mIoU", "mAcc", "mF1", "pixels")}
+    for kind in MEAN_OF:
+        record.update({f"{kind}/{name}": v for name, v in report[kind].items()})
+    record["notes"] = undefined_notes(result)
+    return record
 
 
 def _nanmean(values: torch.Tensor) -> float:
@@ -206,9 +248,10 @@ def evaluate_dirs(pred_dir: Union[str, Path], label_dir: Union[str, Path], num_c
 
 
 def format_result(result: SegResult) -> str:
-    """A plain-text table: per-class IoU / Acc / F1, then aAcc (OA), mIoU, mAcc, mF1, in percent."""
+    """A plain-text table: per-class IoU / Acc / F1, then aAcc (OA), mIoU, mAcc, mF1, in percent;
+    ``n/a`` where a metric is undefined, with a line saying why and what the mean leaves out."""
     def pct(v: float) -> str:
-        return "   nan" if math.isnan(v) else f"{100 * v:6.2f}"
+        return "   n/a" if math.isnan(v) else f"{100 * v:6.2f}"
 
     width = max(5, *(len(n) for n in result.class_names))
     lines = [f"{'class':<{width}}    IoU    Acc     F1"]
@@ -216,4 +259,5 @@ def format_result(result: SegResult) -> str:
         lines.append(f"{n:<{width}} {pct(iou)} {pct(acc)} {pct(f1)}")
     lines.append(f"aAcc (OA) {pct(result.aAcc)}  mIoU {pct(result.mIoU)}  mAcc {pct(result.mAcc)}  "
                  f"mF1 {pct(result.mF1)}  ({result.pixels} pixels)")
+    lines += undefined_notes(result)
     return "\n".join(lines)
