@@ -14,6 +14,8 @@ Dependencies are pinned to the ranges the project is tested with. Why each one i
 - pyyaml: run configs.
 - matplotlib: plots in reports and the scaling study.
 - ninja: DeepSpeed JIT-builds its CPU Adam op on first use.
+- shapely: GEOS polygon clipping for `rsfm dota split`, the same geometry the DOTA devkit and mmrotate
+  splitters call, so their labels are reproduced exactly (>= 2.1 for vectorised `orient_polygons`).
 """
 from setuptools import find_packages, setup
 
@@ -40,6 +42,7 @@ setup(
         "pyyaml>=6.0",
         "matplotlib>=3.8",
         "ninja>=1.11",
+        "shapely>=2.1,<3",
     ],
     extras_require={
         # shapely is the exact-geometry oracle the rotated-op tests compare against.

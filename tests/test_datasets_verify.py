@@ -310,9 +310,14 @@ def test_prepare_dota_v2_patches(tmp_path):
     make_dota(tmp_path / "dota")
     run = prepare("dota_v2", tmp_path, ROOT="dota", OUT="split", SIZE="256", GAP="64")
     assert run.returncode == 0, run.stdout + run.stderr
+    # The multi-scale recipe by default: mmrotate's rule names patches by window side, SIZE / rate
+    # for rates 0.5, 1.0, 1.5 (int(256 / 1.5) = 170). The 512 px window of a 256 px image lies 25%
+    # inside it, under mmrotate's img_rate_thr 0.6, so rate 0.5 gives no patch here.
     for split, n in (("train", 3), ("val", 2)):
-        assert len(list((tmp_path / "split" / split / "images").glob("*__1__0___0.png"))) == n
-        assert len(list((tmp_path / "split" / split / "labelTxt").glob("*.txt"))) == n
+        images = tmp_path / "split" / split / "images"
+        for side, count in ((512, 0), (256, n), (170, n)):
+            assert len(list(images.glob(f"*__{side}__0___0.png"))) == count, (split, side)
+        assert len(list((tmp_path / "split" / split / "labelTxt").glob("*.txt"))) == len(list(images.glob("*.png")))
     assert f"data.val_full_labels={tmp_path / 'dota' / 'val' / 'labelTxt'}" in run.stdout
 
 

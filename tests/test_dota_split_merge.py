@@ -7,14 +7,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from shapely.geometry import Polygon, box
 
 from rsfm_ds.cli import main
-from rsfm_ds.data.det.dota import (DOTA_V2_CLASSES, AnnotationError, Detections, DotaAnnotation, load_dota_labels,
+from rsfm_ds.data.det.dota import (DOTA_V2_CLASSES, AnnotationError, Detections, load_dota_labels,
                                    parse_dota_label, read_task1_dir, write_task1_dir)
 from rsfm_ds.data.det.merge import merge_detections, merge_dota, nms_per_image, patch_to_image
 from rsfm_ds.data.det.split import (SplitConfig, crop_window, format_patch_name, parse_patch_name,
-                                    polygon_rect_iof, resize_by_rate, sliding_windows, split_annotation,
+                                    resize_by_rate, sliding_windows, split_annotation,
                                     split_dota)
 from rsfm_ds.data.synth.detection import synth_dota
 from rsfm_ds.errors import DataError
@@ -65,41 +64,8 @@ def test_patch_names_round_trip(image_id, rate, x, y, name):
 @pytest.mark.parametrize("name", ["P0001", "P0001__1__0__824", "P0001__1__-3___4", "P0001__x__0___0",
                                   "__1__0___0", "P0001__0__0___0"])
 def test_bad_patch_names_are_refused(name):
-    with pytest.raises(ValueError, match="is not a patch name <image id>__<rate>__<x>___<y>"):
+    with pytest.raises(ValueError, match="is not a patch name <image id>__<rate or window side>__<x>___<y>"):
         parse_patch_name(name)
-
-
-def test_iof_matches_shapely_for_any_simple_quad():
-    rng = np.random.default_rng(0)
-    centre = rng.uniform(0, 200, (600, 1, 2))
-    angles = np.sort(rng.uniform(0, 2 * np.pi, (600, 4)), axis=1)
-    radii = rng.uniform(3, 80, (600, 4))  # unequal radii: many quads are not convex
-    pts = centre + np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=-1)
-    pts[::2] = pts[::2, ::-1]  # both orientations
-    pts = pts[[Polygon(p).is_valid for p in pts]]
-    polys = pts.reshape(-1, 8)
-    rects = np.array([[0, 0, 100, 100], [50, 50, 150, 120], [100, 0, 250, 250], [-10, -10, 300, 300],
-                      [30, 30, 31, 200], [1000, 1000, 1100, 1100]], dtype=float)
-    expected = np.array([[Polygon(p.reshape(4, 2)).intersection(box(*r)).area / Polygon(p.reshape(4, 2)).area
-                          for r in rects] for p in polys])
-    np.testing.assert_allclose(polygon_rect_iof(polys, rects), expected, atol=1e-12)
-    assert len(polys) > 500 and (~np.array([Polygon(p.reshape(4, 2)).convex_hull.area == Polygon(
-        p.reshape(4, 2)).area for p in polys])).sum() > 50
-    degenerate = np.array([[0, 0, 10, 10, 20, 20, 5, 5], [3, 3, 3, 3, 3, 3, 3, 3]], dtype=float)
-    assert (polygon_rect_iof(degenerate, rects) == 0).all()
-
-
-def test_iof_threshold_is_inclusive():
-    # 100 x 40 objects sticking out of the window [0, 1024) by 30, 31 and 50 px: IoF 0.7, 0.69, 0.5.
-    polys = np.array([[-30, 10, 70, 10, 70, 50, -30, 50], [-31, 60, 69, 60, 69, 100, -31, 100],
-                      [-50, 200, 50, 200, 50, 240, -50, 240]], dtype=np.float32)
-    np.testing.assert_allclose(polygon_rect_iof(polys, np.array([[0, 0, 1024, 1024]]))[:, 0], [0.7, 0.69, 0.5])
-    ann = DotaAnnotation(polygons=polys, labels=[0, 1, 2], difficult=[0, 1, 0])
-    (patch,) = split_annotation(ann, "I", 1000, 1000, 1.0, SplitConfig())
-    assert patch.objects.tolist() == [0]
-    (patch,) = split_annotation(ann, "I", 1000, 1000, 1.0, SplitConfig(iof_thr=0.5))
-    assert patch.objects.tolist() == [0, 1, 2] and patch.annotation.difficult.tolist() == [0, 1, 0]
-    np.testing.assert_array_equal(patch.annotation.polygons, polys)  # kept whole, not clipped
 
 
 def test_split_config_is_validated():
@@ -135,23 +101,24 @@ def _assert_same_objects(merged, ann, image_id, keep=None, atol=1e-3):
 
 
 @pytest.mark.parametrize("image_id, config", [
-    ("P0706", SplitConfig(size=800, gap=200)),
-    ("P1888", SplitConfig(size=512, gap=128, rates=(0.5, 1.0, 1.5))),
+    ("P0706", SplitConfig(rule="mmrotate", size=800, gap=200)),
+    ("P1888", SplitConfig(rule="mmrotate", size=512, gap=128, rates=(0.5, 1.0, 1.5))),
 ])
 def test_split_then_merge_gives_back_the_real_ground_truth(image_id, config):
+    """mmrotate rule: objects are written whole, so every copy maps back onto its object."""
     ann = parse_dota_label(DATA / "labelTxt" / f"{image_id}.txt")
     width, height = SIZES[image_id]
-    patches = []
-    for rate in config.rates:
-        patches += split_annotation(ann, image_id, int(round(width * rate)), int(round(height * rate)), rate, config)
+    patches = split_annotation(ann, image_id, width, height, config)
     placed = np.zeros(len(ann), bool)
     for p in patches:
         placed[p.objects] = True
         parsed = parse_patch_name(p.name)
-        # Patch coordinates are the image's, scaled by the rate and shifted by the window corner.
-        np.testing.assert_allclose(p.annotation.polygons, ann.polygons[p.objects] * parsed.rate
-                                   - np.array([parsed.x, parsed.y] * 4), atol=1e-3)
-        np.testing.assert_array_equal(p.annotation.difficult, ann.difficult[p.objects])
+        # Patch coordinates are the image's shifted by the window corner (mmrotate does not resize).
+        assert parsed.rate == 1.0 and parsed.size == p.window[2] - p.window[0]
+        np.testing.assert_allclose(p.annotation.polygons, ann.polygons[p.objects] - np.array([parsed.x, parsed.y] * 4),
+                                   atol=1e-3)
+        flags = p.annotation.difficult
+        assert ((flags == ann.difficult[p.objects]) | (flags == 2)).all()
     assert placed.all()
     copies = sum(len(p.objects) for p in patches)
     assert copies > 1.5 * len(ann)  # overlapping windows and scales see objects several times
@@ -161,13 +128,15 @@ def test_split_then_merge_gives_back_the_real_ground_truth(image_id, config):
 
 def test_objects_larger_than_the_overlap_can_be_in_no_patch():
     ann = parse_dota_label(DATA / "labelTxt" / "P0706.txt")
-    config = SplitConfig(size=512, gap=128)
-    patches = split_annotation(ann, "P0706", 1111, 1182, 1.0, config)
-    placed = np.zeros(len(ann), bool)
-    for p in patches:
-        placed[p.objects] = True
-    # One harbour, ~590 px long on the diagonal, is never 70% inside a 512 px window.
-    assert np.flatnonzero(~placed).tolist() == [173] and ann.names[173] == "harbor"
+    placed = {}
+    for rule in ("mmrotate", "devkit"):
+        placed[rule] = np.zeros(len(ann), bool)
+        for p in split_annotation(ann, "P0706", 1111, 1182, SplitConfig(rule=rule, size=512, gap=128)):
+            placed[rule][p.objects] = True
+    # One harbour, ~590 px long on the diagonal, is never 70% inside a 512 px window: mmrotate drops
+    # it; the devkit writes its clipped parts (with difficulty 2).
+    assert np.flatnonzero(~placed["mmrotate"]).tolist() == [173] and ann.names[173] == "harbor"
+    assert placed["devkit"].all()
 
 
 def test_split_and_merge_files_end_to_end(tmp_path):
@@ -175,17 +144,19 @@ def test_split_and_merge_files_end_to_end(tmp_path):
     synth_dota(src, images=1, seed=3, size=1024)
     shutil.copy(DATA / "images" / "P1888.png", src / "images")
     shutil.copy(DATA / "labelTxt" / "P1888.txt", src / "labelTxt")
-    config = SplitConfig(size=512, gap=128, rates=(1.0, 0.5))
+    config = SplitConfig(rule="mmrotate", size=512, gap=128, rates=(1.0, 0.5))
     report = split_dota(src, tmp_path / "split", config)
     truth = load_dota_labels(src / "labelTxt")
     assert report.images == 2 and report.objects == sum(len(a) for a in truth.values()) and report.dropped == 0
     names = sorted(p.stem for p in (tmp_path / "split" / "images").glob("*.png"))
     assert names == sorted(p.stem for p in (tmp_path / "split" / "labelTxt").glob("*.txt"))
-    assert len(names) == report.patches == (9 + 1) + (4 + 1)  # P0000: 3x3 and 1; P1888: 2x2 and 1
+    # P0000 (1024 px): 3x3 windows of 512 and one of 1024; P1888 (712 x 557): 2x2 of 512, and its
+    # 1024 px window (38% image) is dropped by mmrotate's img_rate_thr.
+    assert len(names) == report.patches == (9 + 1) + 4
     patch = load_dota_labels(tmp_path / "split" / "labelTxt")
     assert report.patch_objects == sum(len(a) for a in patch.values())
-    assert patch["P1888__0.5__0___0"].gsd == pytest.approx(truth["P1888"].gsd / 0.5)
-    assert patch["P1888__0.5__0___0"].source == "GoogleEarth"
+    assert patch["P1888__512__0___0"].gsd == pytest.approx(truth["P1888"].gsd)  # not resized
+    assert patch["P1888__512__0___0"].source == "GoogleEarth"
 
     rows = {}
     for name, ann in patch.items():
@@ -240,6 +211,16 @@ def test_merge_maps_back_and_suppresses_copies_only():
         merge_detections({"ship": Detections(["P1__1__0___0", "P1"], [1, 1], np.zeros((2, 8)))})
 
 
+def test_merge_dota_keeps_classes_without_detections(tmp_path):
+    """A class the detector never predicted (an empty Task1 file) merges to an empty file."""
+    (tmp_path / "Task1_plane.txt").write_text("P7__1__100___0 0.9 10 10 50 10 50 30 10 30\n")
+    (tmp_path / "Task1_ship.txt").write_text("")
+    merge_dota(tmp_path, tmp_path / "out", classes=DOTA_V2_CLASSES)
+    merged = read_task1_dir(tmp_path / "out", DOTA_V2_CLASSES)
+    assert len(merged["ship"]) == 0 and merged["plane"].image_ids.tolist() == ["P7"]
+    np.testing.assert_allclose(merged["plane"].polygons[0], [110, 10, 150, 10, 150, 30, 110, 30])
+
+
 def test_merge_dota_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="no Task1_<class>.txt files"):
         merge_dota(tmp_path, tmp_path / "out")
@@ -256,8 +237,9 @@ def test_cli_dota_split_and_merge(tmp_path, capsys):
     src = tmp_path / "src"
     synth_dota(src, images=1, seed=0, size=600)
     assert main(["dota", "split", "--src", str(src), "--out", str(tmp_path / "split"), "--size", "512",
-                 "--gap", "200", "--rates", "1.0", "0.5", "--iof-thr", "0.6"]) == 0
-    assert "1 images -> 5 patches" in capsys.readouterr().out  # 2 x 2 at rate 1, 1 at 0.5
+                 "--gap", "200", "--rates", "1.0", "0.5", "--iof-thr", "0.6", "--rule", "mmrotate"]) == 0
+    # 2 x 2 windows of 512 px; the 1024 px window of rate 0.5 is 34% image: dropped (img_rate_thr)
+    assert "1 images -> 4 patches" in capsys.readouterr().out
     patch = load_dota_labels(tmp_path / "split" / "labelTxt")
     rows = [(name, 1.0, poly) for name, ann in patch.items() for poly, c in zip(ann.polygons, ann.names)
             if c == "plane"]

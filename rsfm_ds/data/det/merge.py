@@ -1,7 +1,15 @@
 """``rsfm dota merge``: patch detections -> full-image detections (DOTA Task 1 files).
 
-A detection on patch ``<image id>__<rate>__<x>___<y>`` (see :mod:`.dota_split`) maps back to the
-image as ``(p + (x, y)) / rate`` for every corner ``p``, as the devkit's ``ResultMerge``. Then,
+A detection on patch ``<image id>__<rate>__<x>___<y>`` (the devkit's names, see :mod:`.split`)
+maps back to the image as ``(p + (x, y)) / rate`` for every corner ``p``, as the devkit's
+``ResultMerge_multi_process.py``: ``x, y`` are the window's corner in the image resized by
+``rate``, and the patch's pixels are that resized image's. A detection on an mmrotate patch
+``<image id>__<window side>__<x>___<y>`` maps back as ``p + (x, y)``, as mmrotate 0.x's
+``DOTADataset.merge_det``: its patches were cut from the unresized image, so the detector's
+output (scaled back to the patch's own pixels) is already in image pixels. The middle field
+tells the two apart (``naming="auto"``: a decimal or an integer below
+:data:`~.split.MIN_NAMED_SIZE` is a rate, a larger integer a window side); ``naming="rate"`` or
+``"size"`` forces one reading. Then,
 per class and per image, greedy rotated NMS at IoU 0.1 (the DOTA devkit's) removes the
 copies of objects seen by overlapping patches and scales. NMS runs on the le90 minimum-area
 rectangles of the polygons (``polygon_to_box``) with :func:`rsfm_ds.ops.rotated.batched_nms_rotated`
@@ -21,24 +29,30 @@ import torch
 from ...errors import DataError, check_output_is_not_input
 from ...ops.rotated import batched_nms_rotated, polygon_to_box
 from .dota import AnnotationError, Detections, TASK1_PREFIX, read_task1_file, write_task1_dir
-from .split import parse_patch_name
+from .split import PatchNaming, parse_patch_name
 
 PathLike = Union[str, Path]
 MERGE_IOU_THR = 0.1
 
 
-def patch_to_image(dets: Detections) -> Detections:
+def patch_to_image(dets: Detections, naming: PatchNaming = "auto") -> Detections:
     """Map detections named by patch to their images: ids without the patch suffix, polygons
-    offset by the window corner and divided by the rate. Order kept.
+    offset by the window corner and divided by the rate (1 for mmrotate names). Order kept.
+
+    Args:
+        dets: detections in patch pixels, ``image_ids`` the patch names.
+        naming: how to read the names' middle field (:func:`~.split.parse_patch_name`).
 
     Raises:
         DataError: an image id that is not a patch name (the message quotes it and its index).
     """
+    if len(dets) == 0:
+        return dets
     names, inverse = np.unique(dets.image_ids, return_inverse=True)
     parsed = []
     for name in names:
         try:
-            parsed.append(parse_patch_name(str(name)))
+            parsed.append(parse_patch_name(str(name), naming))
         except ValueError as e:
             first = int(np.flatnonzero(dets.image_ids == name)[0])
             raise DataError(f"detection {first + 1}: image: {e}") from None
@@ -60,10 +74,10 @@ def nms_per_image(dets: Detections, iou_thr: float = MERGE_IOU_THR) -> Detection
     return dets.select(keep)
 
 
-def merge_detections(detections: Mapping[str, Detections], iou_thr: float = MERGE_IOU_THR
-                     ) -> Dict[str, Detections]:
+def merge_detections(detections: Mapping[str, Detections], iou_thr: float = MERGE_IOU_THR,
+                     naming: PatchNaming = "auto") -> Dict[str, Detections]:
     """``{class: patch detections}`` -> ``{class: image detections}`` (map back, then NMS per class
-    and image).
+    and image). ``naming``: see :func:`patch_to_image`.
 
     Raises:
         DataError: a detection whose image is not a patch name (message names the class).
@@ -71,7 +85,7 @@ def merge_detections(detections: Mapping[str, Detections], iou_thr: float = MERG
     out = {}
     for name, dets in detections.items():
         try:
-            out[name] = nms_per_image(patch_to_image(dets), iou_thr)
+            out[name] = nms_per_image(patch_to_image(dets, naming), iou_thr)
         except ValueError as e:
             raise DataError(f"class {name!r}: {e}") from None
     return out
@@ -87,7 +101,7 @@ class MergeReport:
 
 
 def merge_dota(src: PathLike, out: PathLike, iou_thr: float = MERGE_IOU_THR,
-               classes: Optional[Sequence[str]] = None) -> MergeReport:
+               classes: Optional[Sequence[str]] = None, naming: PatchNaming = "auto") -> MergeReport:
     """Merge ``src/Task1_<class>.txt`` (patch names) into ``out/Task1_<class>.txt`` (image ids).
 
     Args:
@@ -96,6 +110,7 @@ def merge_dota(src: PathLike, out: PathLike, iou_thr: float = MERGE_IOU_THR,
         iou_thr: NMS threshold (0.1, the devkit's).
         classes: write a file for each of these classes (empty where nothing was detected), as
             the evaluation server expects; default: the classes with a file in ``src``.
+        naming: how to read the patch names (:func:`patch_to_image`).
 
     Raises:
         DataError: ``src`` is not a folder or holds no Task1 file.
@@ -118,7 +133,7 @@ def merge_dota(src: PathLike, out: PathLike, iou_thr: float = MERGE_IOU_THR,
         dets = read_task1_file(path)
         before += len(dets)
         try:
-            merged[name] = nms_per_image(patch_to_image(dets), iou_thr)
+            merged[name] = nms_per_image(patch_to_image(dets, naming), iou_thr)
         except ValueError as e:
             raise AnnotationError(f"{path}: {e}") from None
     write_task1_dir(out, merged, classes)

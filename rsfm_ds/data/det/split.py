@@ -1,31 +1,35 @@
 """``rsfm dota split``: cut DOTA images and labels into fixed-size, overlapping patches.
 
-Conventions (docs/detection_data.md), with where they follow the DOTA devkit
-(``ImgSplit_multi_process.py``) or mmrotate (``tools/data/dota/split/img_split.py``):
+Two rules (``SplitConfig.rule``, docs/detection_data.md), each writing the labels of its
+reference exactly; :mod:`.split_rules` holds what each does with an object cut by a window.
 
-- Scales (devkit): for each rate the image is resized by ``rate`` (``cv2.INTER_CUBIC``) and the
-  polygons multiplied by ``rate``; windows are then cut from the resized image.
-- Windows (both): ``size`` x ``size`` with stride ``size - gap``, starting at 0; the last window
-  of a row or column is moved back to end at the image border; an image side shorter than
-  ``size`` gets one window at 0. Windows reaching past the image are padded to ``size`` with
-  ``pad_value``, BGR order as written by OpenCV (mmrotate's ``padding_value`` [104, 116, 124]:
-  the ImageNet mean colour).
-- Names: ``<image id>__<rate>__<x>___<y>``, as the devkit, with ``x, y`` the window's top-left
-  corner in the resized image and the rate written shortest-exact (``1``, ``0.5``, ``1.5``), so
-  ``P0001__1__0___824``. mmrotate writes the window size in the middle field instead
-  (``P0001__1024__0___824``) and does not resize; names are parsed here as rates, so merge
-  patches split by this module (or by the devkit), not by mmrotate's splitter.
-- Objects (mmrotate): an object goes to every window where ``IoF = area(object inside the
-  window) / area(object) >= iof_thr``; its polygon is kept whole (translated, not clipped to the
-  window) and its difficult flag is kept. The devkit instead clips the polygon to the window,
-  approximates the clip by a quadrilateral and writes objects below the threshold with
-  difficult = 2; mmrotate writes 2 for every cut object. Keeping the flag and the full extent
-  gives the detector the object's true box. Zero-area polygons are dropped (IoF 0), as in both.
-- Labels: a DOTA label file per patch (empty when no object qualifies), with the image's
-  ``imagesource`` header and ``gsd / rate`` (a resized pixel covers ``1 / rate`` as much ground).
+``devkit`` -- the DOTA devkit's ``ImgSplit_multi_process.py`` (``splitbase.SplitSingle``):
 
-The IoF of all objects x windows is computed at once (no shapely, no Python loop over pairs):
-see :func:`polygon_rect_iof`.
+- Scales: for each rate the image is resized by ``rate`` (``cv2.resize``, ``fx = fy = rate``,
+  ``INTER_CUBIC``; the identity for rate 1) and the label coordinates, truncated to integers,
+  are multiplied by ``rate``; windows of ``size`` px are then cut from the resized image.
+- Names ``<image id>__<rate>__<x>___<y>``, ``x, y`` the window corner in the resized image and
+  the rate as the devkit's ``str(rate)`` of the rate a user passes (``1``, ``0.5``, ``1.5``):
+  written shortest-exact here, so ``P0001__1__0___824``.
+- Padding 0 (black) where a window reaches past the resized image.
+
+``mmrotate`` -- mmrotate 0.x ``tools/data/dota/split/img_split.py`` (``get_sliding_window``,
+``crop_and_save_img``, ``main``):
+
+- Scales: the image is not resized; a rate changes the window instead, to ``int(size / rate)``
+  px with gap ``int(gap / rate)`` in image pixels (the detector's resize brings a patch to
+  ``size``). Windows of all rates are pooled and those whose share inside the image
+  (clipped window area / window area) is ``<= img_rate_thr`` are dropped; when none passes,
+  those within 0.01 of the largest share are kept.
+- Names ``<image id>__<window side>__<x>___<y>``, e.g. ``P0001__2048__0___0`` at rate 0.5.
+- Padding ``(104, 116, 124)`` (B, G, R: the ImageNet mean colour), from its ``split_configs``.
+
+Both: windows step by ``size - gap`` from 0 and the last of a row or column is moved back to end
+at the border (one window at 0 when the side is not longer than the window), columns outer
+(:func:`sliding_windows`); a label file per patch, empty when no object is written, with the
+image's ``imagesource`` header and ``gsd / rate`` for a resized patch. Names are parsed back by
+:func:`parse_patch_name`, which tells the two apart (a rate is a decimal or below
+:data:`MIN_NAMED_SIZE`; a window side is an integer from it up).
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import re
 from dataclasses import dataclass, replace
 from multiprocessing import Pool
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -43,10 +47,20 @@ from ...errors import ConfigError, DataError, check_output_is_not_input
 from ..images import read_bgr, write_image
 from ..tiling import window_starts
 from .dota import DOTA_V2_CLASSES, DotaAnnotation, parse_dota_label, write_dota_label
+from .split_rules import WindowObjects, devkit_window_objects, mmrotate_window_objects, self_intersecting
 
 PathLike = Union[str, Path]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-_PATCH_NAME = re.compile(r"^(?P<image>.+)__(?P<rate>\d+(?:\.\d+)?)__(?P<x>\d+)___(?P<y>\d+)$")
+SplitRule = Literal["devkit", "mmrotate"]
+SPLIT_RULES: Tuple[str, ...] = ("devkit", "mmrotate")
+RULE_PAD_VALUES: Dict[str, Tuple[int, int, int]] = {"devkit": (0, 0, 0), "mmrotate": (104, 116, 124)}
+"""Each rule's padding colour (B, G, R): the devkit's zeros, mmrotate's ``padding_value``."""
+PatchNaming = Literal["auto", "rate", "size"]
+PATCH_NAMINGS: Tuple[str, ...] = ("auto", "rate", "size")
+MIN_NAMED_SIZE = 16
+"""An integer middle field of a patch name from this value up is a window side (mmrotate), below
+it a rate (devkit): no useful rate is that large, and no useful window that small."""
+_PATCH_NAME = re.compile(r"^(?P<image>.+)__(?P<mid>\d+(?:\.\d+)?)__(?P<x>\d+)___(?P<y>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -54,22 +68,35 @@ class SplitConfig:
     """How images are cut into patches.
 
     Attributes:
-        size: window side in pixels of the resized image.
-        gap: overlap of neighbouring windows in pixels (stride = size - gap).
+        rule: whose labels to reproduce: ``"devkit"`` (the DOTA devkit's
+            ``ImgSplit_multi_process.py``: cut objects clipped to the window) or ``"mmrotate"``
+            (mmrotate's ``img_split.py``: cut objects kept whole). See the module docstring.
+        size: window side in pixels of the resized image (mmrotate: ``int(size / rate)`` pixels
+            of the image).
+        gap: overlap of neighbouring windows, same units as ``size`` (stride = size - gap).
         rates: resize factors; each gives its own set of patches (multi-scale: 0.5, 1.0, 1.5).
-        iof_thr: keep an object in a window when its area inside / its area >= this.
-        pad_value: BGR colour of the padding of windows reaching past the image.
+        iof_thr: devkit: a cut object keeps its difficulty when ``IoF > iof_thr``, else it is
+            written with difficulty 2; mmrotate: an object is written when ``IoF >= iof_thr``.
+            ``IoF`` = area of the object inside the window / its area. Both references: 0.7.
+        pad_value: B, G, R colour of the padding of windows reaching past the image; None: the
+            rule's (:data:`RULE_PAD_VALUES`).
+        img_rate_thr: mmrotate only: windows whose share inside the image is not above this
+            are dropped (mmrotate's ``img_rate_thr``, 0.6).
         ext: patch image format: ``.png`` (lossless, default), ``.jpg``, ``.bmp`` or ``.tif``.
     """
 
+    rule: SplitRule = "devkit"
     size: int = 1024
     gap: int = 200
     rates: Tuple[float, ...] = (1.0,)
     iof_thr: float = 0.7
-    pad_value: Tuple[int, int, int] = (104, 116, 124)
+    pad_value: Optional[Tuple[int, int, int]] = None
+    img_rate_thr: float = 0.6
     ext: str = ".png"
 
     def __post_init__(self) -> None:
+        if self.rule not in SPLIT_RULES:
+            raise ConfigError(f"rule: expected one of {', '.join(SPLIT_RULES)}, got {self.rule!r}")
         if self.size < 1:
             raise ConfigError(f"size: must be >= 1, got {self.size}")
         if not 0 <= self.gap < self.size:
@@ -79,12 +106,34 @@ class SplitConfig:
             raise ConfigError(f"rates: need one or more positive numbers, got {self.rates}")
         if len(set(format_rate(r) for r in self.rates)) != len(self.rates):
             raise ConfigError(f"rates: repeated rate in {self.rates}")
+        if self.rule == "devkit" and max(self.rates) >= MIN_NAMED_SIZE:
+            raise ConfigError(f"rates: devkit rates must be below {MIN_NAMED_SIZE} (larger ones read as "
+                              f"mmrotate window sides in patch names), got {max(self.rates)}")
+        if self.rule == "mmrotate":
+            sides = [int(self.size / r) for r in self.rates]
+            if len(set(sides)) != len(sides):
+                raise ConfigError(f"rates: mmrotate names patches by window side; rates {self.rates} "
+                                  f"give the same side twice ({sides})")
+            for rate, side in zip(self.rates, sides):
+                if side < MIN_NAMED_SIZE or side <= int(self.gap / rate):
+                    raise ConfigError(f"size: mmrotate window at rate {format_rate(rate)} is {side} px with "
+                                      f"gap {int(self.gap / rate)}: need a side >= {MIN_NAMED_SIZE} "
+                                      f"above its gap")
         if not 0.0 < self.iof_thr <= 1.0:
             raise ConfigError(f"iof_thr: must be in (0, 1], got {self.iof_thr}")
-        if len(self.pad_value) != 3 or any(not 0 <= int(v) <= 255 for v in self.pad_value):
-            raise ConfigError(f"pad_value: need 3 integers in [0, 255] (B G R), got {self.pad_value}")
+        if self.pad_value is not None:
+            if len(self.pad_value) != 3 or any(not 0 <= int(v) <= 255 for v in self.pad_value):
+                raise ConfigError(f"pad_value: need 3 integers in [0, 255] (B G R), got {self.pad_value}")
+            object.__setattr__(self, "pad_value", tuple(int(v) for v in self.pad_value))
+        if not 0.0 <= self.img_rate_thr < 1.0:
+            raise ConfigError(f"img_rate_thr: must be in [0, 1), got {self.img_rate_thr}")
         if self.ext not in (".png", ".jpg", ".bmp", ".tif"):
             raise ConfigError(f"ext: expected .png, .jpg, .bmp or .tif, got {self.ext!r}")
+
+    @property
+    def padding(self) -> Tuple[int, int, int]:
+        """``pad_value``, or the rule's when unset."""
+        return RULE_PAD_VALUES[self.rule] if self.pad_value is None else self.pad_value
 
 
 def format_rate(rate: float) -> str:
@@ -93,37 +142,64 @@ def format_rate(rate: float) -> str:
 
 
 def format_patch_name(image_id: str, rate: float, x: int, y: int) -> str:
-    """``<image id>__<rate>__<x>___<y>``, e.g. ``P0001__1__0___824``."""
+    """The devkit's ``<image id>__<rate>__<x>___<y>``, e.g. ``P0001__1__0___824``."""
     return f"{image_id}__{format_rate(rate)}__{int(x)}___{int(y)}"
+
+
+def format_sized_patch_name(image_id: str, side: int, x: int, y: int) -> str:
+    """mmrotate's ``<image id>__<window side>__<x>___<y>``, e.g. ``P0001__2048__0___0``."""
+    return f"{image_id}__{int(side)}__{int(x)}___{int(y)}"
 
 
 @dataclass(frozen=True)
 class PatchName:
-    """The parts of a patch name."""
+    """The parts of a patch name.
+
+    Attributes:
+        image_id: the full image's id.
+        rate: patch pixels per image pixel: the devkit's rate, 1 for mmrotate's names (those
+            patches keep the image's resolution). Image coordinates are ``(p + (x, y)) / rate``.
+        x, y: the window's corner in patch pixels.
+        size: the window side of an mmrotate name, None for a devkit name.
+    """
 
     image_id: str
     rate: float
     x: int
     y: int
+    size: Optional[int] = None
 
 
-def parse_patch_name(name: str) -> PatchName:
-    """Inverse of :func:`format_patch_name`.
+def parse_patch_name(name: str, naming: PatchNaming = "auto") -> PatchName:
+    """Inverse of :func:`format_patch_name` and :func:`format_sized_patch_name`.
+
+    Args:
+        name: ``<image id>__<middle>__<x>___<y>``.
+        naming: what the middle field is: ``"rate"`` (devkit), ``"size"`` (mmrotate's window
+            side, an integer) or ``"auto"``: a side when it is an integer >= :data:`MIN_NAMED_SIZE`,
+            else a rate.
 
     Raises:
-        DataError: ``name`` is not ``<image id>__<rate>__<x>___<y>`` (the message quotes it).
+        DataError: ``name`` is not such a name (the message quotes it).
     """
+    if naming not in PATCH_NAMINGS:
+        raise ConfigError(f"naming: expected one of {', '.join(PATCH_NAMINGS)}, got {naming!r}")
     m = _PATCH_NAME.match(name)
-    if m is None or float(m["rate"]) <= 0:
-        raise DataError(f"{name!r} is not a patch name <image id>__<rate>__<x>___<y> "
-                        f"(e.g. P0001__1__0___824)")
-    return PatchName(m["image"], float(m["rate"]), int(m["x"]), int(m["y"]))
+    if m is None or float(m["mid"]) <= 0 or (naming == "size" and "." in m["mid"]):
+        what = {"auto": "<rate or window side>", "rate": "<rate>", "size": "<window side>"}[naming]
+        raise DataError(f"{name!r} is not a patch name <image id>__{what}__<x>___<y> "
+                        f"(e.g. P0001__1__0___824 or P0001__1024__0___824)")
+    mid = m["mid"]
+    sized = naming == "size" or (naming == "auto" and "." not in mid and int(mid) >= MIN_NAMED_SIZE)
+    if sized:
+        return PatchName(m["image"], 1.0, int(m["x"]), int(m["y"]), int(mid))
+    return PatchName(m["image"], float(mid), int(m["x"]), int(m["y"]))
 
 
 def sliding_windows(width: int, height: int, size: int, gap: int) -> np.ndarray:
     """Windows over a ``width`` x ``height`` image: ``int64 [K, 4]`` ``(x0, y0, x0 + size, y0 + size)``.
 
-    Row-major over ``y`` within ``x`` (the devkit's order: columns outer). See the module docstring.
+    Row-major over ``y`` within ``x`` (both references: columns outer). See the module docstring.
     """
     xs = np.asarray(window_starts(width, size, size - gap), dtype=np.int64)
     ys = np.asarray(window_starts(height, size, size - gap), dtype=np.int64)
@@ -132,65 +208,64 @@ def sliding_windows(width: int, height: int, size: int, gap: int) -> np.ndarray:
     return np.stack([x0, y0, x0 + size, y0 + size], axis=1)
 
 
-def _clipped_ydx(px: np.ndarray, py: np.ndarray, rects: np.ndarray) -> np.ndarray:
-    """``sum over edges of the integral of (clamp(y, y0, y1) - y0) dx over x in [x0, x1]``.
+def scaled_size(width: int, height: int, rate: float) -> Tuple[int, int]:
+    """``(width, height)`` of an image resized by ``rate`` as ``cv2.resize(fx=rate, fy=rate)``
+    makes it: each side times the rate, rounded half to even (OpenCV's ``cvRound``)."""
+    if rate == 1.0:
+        return int(width), int(height)
+    return int(round(width * rate)), int(round(height * rate))
 
-    ``px, py``: ``[P, V]`` closed polygons (edge i joins vertex i and i + 1); ``rects``: ``[P, 4]``.
-    For any simple polygon this equals the contour integral of ``y dx`` around the polygon
-    clipped to the rectangle: along every vertical line the clamped crossings bound exactly the
-    part of the cross-section inside ``[y0, y1]``. So its ratio to the unclipped integral is
-    area(polygon inside rectangle) / area(polygon), whatever the orientation. Each edge is
-    integrated exactly: clamp(y(x)) is linear between the x where y(x) crosses y0 or y1, so the
-    trapezoid rule over those pieces is exact.
+
+@dataclass(frozen=True)
+class WindowSet:
+    """The windows of one rate.
+
+    Attributes:
+        rule: the split rule (it decides how patches are named).
+        rate: the configured rate.
+        scale: the factor the image is resized by before cutting (devkit: ``rate``; mmrotate: 1).
+        width, height: size of the image after that resize.
+        size: the window side in those pixels.
+        windows: ``int64 [K, 4]`` ``(x0, y0, x0 + size, y0 + size)`` in those pixels.
     """
-    x0, y0, x1, y1 = (rects[:, i:i + 1] for i in range(4))  # [P, 1]
-    xa, ya = px, py
-    xb, yb = np.roll(px, -1, axis=1), np.roll(py, -1, axis=1)
-    dx = xb - xa
-    slope = np.divide(yb - ya, dx, out=np.zeros_like(dx), where=dx != 0)
-    lo = np.clip(np.minimum(xa, xb), x0, x1)
-    hi = np.clip(np.maximum(xa, xb), x0, x1)
-    flat = slope == 0
-    safe = np.where(flat, 1.0, slope)
-    # Where the edge's line meets y = y0 and y = y1 (irrelevant for flat edges: any point works).
-    c0 = np.clip(np.where(flat, lo, xa + (y0 - ya) / safe), lo, hi)
-    c1 = np.clip(np.where(flat, lo, xa + (y1 - ya) / safe), lo, hi)
-    pts = np.sort(np.stack([lo, c0, c1, hi], axis=-1), axis=-1)  # [P, V, 4]
-    g = np.clip(ya[..., None] + slope[..., None] * (pts - xa[..., None]), y0[..., None], y1[..., None])
-    g = g - y0[..., None]
-    integral = (0.5 * (g[..., 1:] + g[..., :-1]) * np.diff(pts, axis=-1)).sum(-1)  # [P, V]
-    return np.where(dx > 0, integral, -integral).sum(-1)
+
+    rule: str
+    rate: float
+    scale: float
+    width: int
+    height: int
+    size: int
+    windows: np.ndarray
+
+    def name(self, image_id: str, k: int) -> str:
+        """The name of window ``k``: devkit names carry the rate, mmrotate's the side."""
+        x, y = int(self.windows[k, 0]), int(self.windows[k, 1])
+        if self.rule == "devkit":
+            return format_patch_name(image_id, self.rate, x, y)
+        return format_sized_patch_name(image_id, self.size, x, y)
 
 
-def polygon_rect_iof(polygons: np.ndarray, rects: np.ndarray) -> np.ndarray:
-    """Intersection over the polygon's own area, for every polygon x rectangle.
-
-    Args:
-        polygons: ``[N, 2V]`` simple polygons ``x1 y1 ... xV yV`` (any orientation; DOTA: V = 4).
-        rects: ``[K, 4]`` axis-aligned ``(x0, y0, x1, y1)``.
-
-    Returns:
-        ``float64 [N, K]`` in [0, 1]; 0 for zero-area polygons. Exact up to rounding: pairs whose
-        bounding boxes are disjoint or nested are decided from the boxes, the rest are clipped in
-        one vectorised pass (:func:`_clipped_ydx`).
-    """
-    polys = np.asarray(polygons, dtype=np.float64)
-    rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
-    n, k = len(polys), len(rects)
-    px, py = polys[:, 0::2], polys[:, 1::2]  # [N, V]
-    area = 0.5 * ((np.roll(px, -1, axis=1) - px) * (np.roll(py, -1, axis=1) + py)).sum(1)  # ydx, signed
-    hbb = np.stack([px.min(1), py.min(1), px.max(1), py.max(1)], axis=1)
-    lo_x, lo_y, hi_x, hi_y = (hbb[:, None, i] for i in range(4))
-    rx0, ry0, rx1, ry1 = (rects[None, :, i] for i in range(4))
-    inside = (lo_x >= rx0) & (lo_y >= ry0) & (hi_x <= rx1) & (hi_y <= ry1)  # [N, K]
-    touching = (lo_x < rx1) & (hi_x > rx0) & (lo_y < ry1) & (hi_y > ry0)
-    iof = np.zeros((n, k), dtype=np.float64)
-    valid = np.abs(area) > 0
-    iof[inside & valid[:, None]] = 1.0
-    pi, ri = np.nonzero(touching & ~inside & valid[:, None])
-    if len(pi):
-        iof[pi, ri] = np.clip(_clipped_ydx(px[pi], py[pi], rects[ri]) / area[pi], 0.0, 1.0)
-    return iof
+def plan_windows(width: int, height: int, config: SplitConfig) -> List[WindowSet]:
+    """The windows of a ``width`` x ``height`` image at every rate, in ``config.rates`` order."""
+    if config.rule == "devkit":
+        out = []
+        for rate in config.rates:
+            w, h = scaled_size(width, height, rate)
+            windows = sliding_windows(w, h, config.size, config.gap)
+            out.append(WindowSet(config.rule, rate, rate, w, h, config.size, windows))
+        return out
+    sets = [(rate, int(config.size / rate), int(config.gap / rate)) for rate in config.rates]
+    windows = [sliding_windows(width, height, side, gap) for _, side, gap in sets]
+    pooled = np.concatenate(windows).astype(np.float64)
+    inside = pooled.copy()
+    inside[:, 0::2] = np.clip(inside[:, 0::2], 0, width)
+    inside[:, 1::2] = np.clip(inside[:, 1::2], 0, height)
+    share = (np.prod(inside[:, 2:] - inside[:, :2], axis=1) / np.prod(pooled[:, 2:] - pooled[:, :2], axis=1))
+    if not (share > config.img_rate_thr).any():
+        share[np.abs(share - share.max()) < 0.01] = 1.0  # mmrotate: keep the best-covered windows
+    keep = np.split(share > config.img_rate_thr, np.cumsum([len(w) for w in windows])[:-1])
+    return [WindowSet(config.rule, rate, 1.0, width, height, side, w[kept])
+            for (rate, side, _), w, kept in zip(sets, windows, keep)]
 
 
 @dataclass
@@ -198,43 +273,55 @@ class Patch:
     """One window of one image at one rate.
 
     Attributes:
-        name: :func:`format_patch_name`.
-        window: ``(x0, y0, x1, y1)`` in the resized image.
-        annotation: the objects kept, in patch coordinates (None when splitting without labels).
+        name: the patch name (:func:`format_patch_name` or :func:`format_sized_patch_name`).
+        window: ``(x0, y0, x1, y1)`` in the image resized by ``scale``.
+        scale: the factor the image is resized by before this window is cut.
+        annotation: the objects written, in patch coordinates (None when splitting without labels).
         objects: ``int64 [M]`` indices of those objects in the image's annotation.
     """
 
     name: str
     window: Tuple[int, int, int, int]
+    scale: float
     annotation: Optional[DotaAnnotation]
     objects: np.ndarray
 
 
+def _window_objects(ann: DotaAnnotation, ws: WindowSet, config: SplitConfig) -> WindowObjects:
+    if config.rule == "devkit":
+        # parse_dota_poly2 truncates the file's coordinates to integers before scaling.
+        polys = np.trunc(ann.polygons.astype(np.float64)) * ws.rate
+        return devkit_window_objects(polys, ann.difficult, ws.windows, ws.width, ws.height, ws.size,
+                                     config.iof_thr)
+    return mmrotate_window_objects(ann.polygons, ann.difficult, ws.windows, config.iof_thr)
+
+
 def split_annotation(ann: Optional[DotaAnnotation], image_id: str, width: int, height: int,
-                     rate: float, config: SplitConfig) -> List[Patch]:
-    """The patches of one image at one rate (geometry only, no pixels).
+                     config: SplitConfig) -> List[Patch]:
+    """The patches of one image at every rate (geometry and labels only, no pixels).
 
     Args:
-        ann: the image's objects in original pixels, or None (unlabelled image).
+        ann: the image's objects in image pixels, or None (unlabelled image).
         image_id: the image's id (patch name prefix).
-        width, height: size of the image *resized by rate*.
-        rate: the resize factor applied to ``ann``'s polygons.
-        config: window size, gap, IoF threshold.
+        width, height: the image's size.
+        config: the rule, window size, gap, rates and thresholds.
     """
-    windows = sliding_windows(width, height, config.size, config.gap)
-    if ann is not None:
-        polys = ann.polygons.astype(np.float64) * rate
-        keep = polygon_rect_iof(polys, windows) >= config.iof_thr  # [N, K]
-        gsd = None if ann.gsd is None else ann.gsd / rate
     patches = []
-    for k, (x0, y0, x1, y1) in enumerate(windows.tolist()):
-        patch_ann, sel = None, np.zeros(0, dtype=np.int64)
-        if ann is not None:
-            sel = np.flatnonzero(keep[:, k])
-            shifted = polys[sel] - np.array([x0, y0] * 4, dtype=np.float64)
-            patch_ann = replace(ann, polygons=shifted, labels=ann.labels[sel],
-                                difficult=ann.difficult[sel], gsd=gsd, skipped=0)
-        patches.append(Patch(format_patch_name(image_id, rate, x0, y0), (x0, y0, x1, y1), patch_ann, sel))
+    for ws in plan_windows(width, height, config):
+        names = [ws.name(image_id, k) for k in range(len(ws.windows))]
+        if ann is None:
+            patches += [Patch(n, tuple(w), ws.scale, None, np.zeros(0, np.int64))
+                        for n, w in zip(names, ws.windows.tolist())]
+            continue
+        found = _window_objects(ann, ws, config)
+        bounds = np.searchsorted(found.window, np.arange(len(ws.windows) + 1))
+        gsd = None if ann.gsd is None else ann.gsd / ws.scale
+        for k, (name, window) in enumerate(zip(names, ws.windows.tolist())):
+            rows = slice(bounds[k], bounds[k + 1])
+            sel = found.obj[rows]
+            patch_ann = replace(ann, polygons=found.polygons[rows], labels=ann.labels[sel],
+                                difficult=found.difficult[rows], gsd=gsd, skipped=0)
+            patches.append(Patch(name, tuple(window), ws.scale, patch_ann, sel))
     return patches
 
 
@@ -249,7 +336,8 @@ def crop_window(image: np.ndarray, window: Sequence[int], pad_value: Sequence[in
 
 
 def resize_by_rate(image: np.ndarray, rate: float) -> np.ndarray:
-    """Resize by ``rate`` with bicubic interpolation (the devkit's), the identity for rate 1."""
+    """Resize by ``rate`` with bicubic interpolation (the devkit's), the identity for rate 1.
+    The result is :func:`scaled_size`."""
     if rate == 1.0:
         return image
     return cv2.resize(image, None, fx=rate, fy=rate, interpolation=cv2.INTER_CUBIC)
@@ -266,10 +354,13 @@ class SplitReport:
     patch_objects: int = 0
     """Object entries written over all patches (an object can be in several)."""
     dropped: int = 0
-    """Objects in no patch at any rate (IoF below the threshold everywhere, or zero area)."""
+    """Objects in no patch at any rate (not enough inside any window, zero area, a cut the
+    devkit rule does not write, or self-intersecting)."""
+    self_intersecting: int = 0
+    """Of the dropped, the self-intersecting polygons with area (both references stop on them)."""
 
     def add(self, other: "SplitReport") -> None:
-        for name in ("images", "patches", "objects", "patch_objects", "dropped"):
+        for name in ("images", "patches", "objects", "patch_objects", "dropped", "self_intersecting"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -293,20 +384,21 @@ def split_image(image_path: PathLike, ann: Optional[DotaAnnotation], out_dir: Pa
         (out_dir / "labelTxt").mkdir(parents=True, exist_ok=True)
     report = SplitReport(images=1, objects=0 if ann is None else len(ann))
     placed = np.zeros(0 if ann is None else len(ann), dtype=bool)
-    for rate in config.rates:
-        resized = resize_by_rate(image, rate)
-        height, width = resized.shape[:2]
-        patches = split_annotation(ann, image_id, width, height, rate, config)
-        for patch in patches:
-            placed[patch.objects] = True
-            crop = crop_window(resized, patch.window, config.pad_value)
-            target = out_dir / "images" / f"{patch.name}{config.ext}"
-            write_image(target, crop)
-            if patch.annotation is not None:
-                write_dota_label(out_dir / "labelTxt" / f"{patch.name}.txt", patch.annotation)
-                report.patch_objects += len(patch.annotation)
-        report.patches += len(patches)
+    patches = split_annotation(ann, image_id, image.shape[1], image.shape[0], config)
+    resized: Dict[float, np.ndarray] = {}
+    for patch in patches:
+        if patch.scale not in resized:
+            resized[patch.scale] = resize_by_rate(image, patch.scale)
+        placed[patch.objects] = True
+        crop = crop_window(resized[patch.scale], patch.window, config.padding)
+        write_image(out_dir / "images" / f"{patch.name}{config.ext}", crop)
+        if patch.annotation is not None:
+            write_dota_label(out_dir / "labelTxt" / f"{patch.name}.txt", patch.annotation)
+            report.patch_objects += len(patch.annotation)
+    report.patches = len(patches)
     report.dropped = int((~placed).sum())
+    if ann is not None:
+        report.self_intersecting = int(self_intersecting(ann.polygons).sum())
     return report
 
 
