@@ -379,8 +379,10 @@ def test_dota_records_and_training_filters(synth_folder):
     assert all((r.labels == 0).all() for r in only_ships)
 
     train = DetectionDataset(sub, 256, train=True, hflip_prob=0, vflip_prob=0)
+    assert sum(len(train[i]["labels"]) for i in range(len(train))) == sum(len(r.labels) for r in sub)
+    easy = DetectionDataset(sub, 256, train=True, hflip_prob=0, vflip_prob=0, keep_difficult=False)
     total_easy = sum(int((r.difficult == 0).sum()) for r in sub)
-    assert sum(len(train[i]["labels"]) for i in range(len(train))) == total_easy
+    assert sum(len(easy[i]["labels"]) for i in range(len(easy))) == total_easy
     evaluation = DetectionDataset(sub, 256, train=False)
     sample = evaluation[0]
     assert sample["image"].shape == (3, 256, 256) and sample["image"].dtype == torch.float32

@@ -36,6 +36,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..config import check, check_choices
+from ..data.det.augment import RandomRotate, label_indices
 from ..data.det.dataset import (DetectionDataset, DetRecord, collate_detection, dior_records,
                                 dota_records, select_classes)
 from ..data.det.dota import DOTA_CLASS_LISTS, load_dota_labels, write_task1_dir
@@ -85,8 +86,29 @@ class DetDataConfig:
     with horizontal, vertical and diagonal flips at 0.25 each)."""
     rot90_prob: float = 0.0
     """Probability of 1-3 random clockwise quarter turns in training."""
-    keep_difficult: bool = False
-    """Train on difficult objects too (default: removed from the training targets)."""
+    rotate_prob: float = 0.0
+    """Probability of mmrotate's random rotation in training (PolyRandomRotate's rotate_ratio; its
+    DOTA ms_rr recipes use 0.5). 0 leaves it out, border filter included."""
+    rotate_mode: Literal["range", "value"] = "range"
+    """range: angle uniform in (-rotate_range, rotate_range) degrees; value: one of
+    rotate_angles, uniformly."""
+    rotate_range: float = 180.0
+    """Largest rotation in degrees, range mode (mmrotate's angles_range, 180)."""
+    rotate_angles: Tuple[float, ...] = ()
+    """Rotation angles in degrees, value mode."""
+    rotate_auto_bound: bool = False
+    """Grow a rotated image to its new bounds instead of cutting its corners (mmrotate's
+    auto_bound; off in its recipes)."""
+    rect_classes: Tuple[str, ...] = ()
+    """Class names whose presence in an image limits its rotation to a multiple of 90 degrees
+    (mmrotate's rect_classes; its DOTA recipes name storage-tank and roundabout). Names of the
+    dataset's class list; one the detector does not predict is ignored."""
+    rotate_allow_negative: bool = False
+    """Keep a rotated image left without objects; by default it is replaced by another image
+    drawn at random (mmrotate's allow_negative)."""
+    keep_difficult: bool = True
+    """Train on difficult objects too, as mmrotate's DOTADataset does (its difficulty threshold
+    keeps every object); false removes them from the training targets. Evaluation is unaffected."""
     filter_empty: bool = True
     """Skip training images without objects (mmdet's filter_empty_gt)."""
     protocol: Literal["devkit", "mmrotate"] = "devkit"
@@ -113,9 +135,16 @@ class DetDataConfig:
             check(not unknown, "classes", f"{unknown} are not {self.dataset} classes ({', '.join(known)})")
             check(len(set(self.classes)) == len(self.classes) and self.classes, "classes",
                   f"must be distinct and non-empty, got {self.classes}")
-        for name in ("hflip_prob", "vflip_prob", "rot90_prob"):
+        for name in ("hflip_prob", "vflip_prob", "rot90_prob", "rotate_prob"):
             value = getattr(self, name)
             check(0.0 <= value <= 1.0, name, f"must be in [0, 1], got {value}")
+        check(0.0 < self.rotate_range <= 180.0, "rotate_range",
+              f"must be in (0, 180] degrees, got {self.rotate_range}")
+        check(self.rotate_mode != "value" or len(self.rotate_angles) > 0, "rotate_angles",
+              "name at least one angle (degrees) for rotate_mode value")
+        known = class_list(self.dataset)
+        unknown = [c for c in self.rect_classes if c not in known]
+        check(not unknown, "rect_classes", f"{unknown} are not {self.dataset} classes ({', '.join(known)})")
         check(0 < self.fraction <= 1, "fraction", f"must be in (0, 1], got {self.fraction}")
 
 
@@ -139,7 +168,7 @@ class DetFinetuneConfig(FinetuneConfig):
     """Oriented R-CNN fine-tuning run (rsfm finetune det)."""
 
     data: DetDataConfig = field(default_factory=lambda: DetDataConfig(
-        train_dirs=("data/dota2/split_1024/train",), val_dir="data/dota2/split_1024/val"))
+        train_dirs=("data/dota2/split_ms/train",), val_dir="data/dota2/split_ms/val"))
     """Datasets, classes, augmentation, mAP protocol."""
     model: OrientedRCNNConfig = field(default_factory=OrientedRCNNConfig)
     """Detection heads."""
@@ -178,10 +207,16 @@ class DetectionTask(FinetuneTask):
 
     def train_dataset(self) -> DetectionDataset:
         d = self.cfg.data
+        rotate = None
+        if d.rotate_prob > 0:
+            rotate = RandomRotate(prob=d.rotate_prob, mode=d.rotate_mode, angle_range=d.rotate_range,
+                                  angles=tuple(d.rotate_angles), auto_bound=d.rotate_auto_bound,
+                                  rect_labels=label_indices(d.rect_classes, self.classes),
+                                  allow_negative=d.rotate_allow_negative)
         return DetectionDataset(self._records(train=True), self.cfg.backbone.img_size, train=True,
                                 hflip_prob=d.hflip_prob, vflip_prob=d.vflip_prob,
-                                rot90_prob=d.rot90_prob, keep_difficult=d.keep_difficult,
-                                filter_empty=d.filter_empty)
+                                rot90_prob=d.rot90_prob, rotate=rotate,
+                                keep_difficult=d.keep_difficult, filter_empty=d.filter_empty)
 
     def eval_dataset(self) -> DetectionDataset:
         if self._eval_set is None:

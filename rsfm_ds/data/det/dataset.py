@@ -15,27 +15,33 @@ Sources (each gives :class:`DetRecord` s: an image path and its objects as polyg
    factor; OpenCV rounds the new sides to whole pixels, so the image's true per-axis factor differs
    from the box factor by less than half a pixel over the image;
 3. training only: horizontal flip, vertical flip (each with its probability; 0.5 and 0.5 give
-   mmrotate's ``RRandomFlip`` with horizontal / vertical / diagonal at 0.25 each) and, with
-   ``rot90_prob``, 1-3 clockwise quarter turns;
+   mmrotate's ``RRandomFlip`` with horizontal / vertical / diagonal at 0.25 each), with
+   ``rot90_prob`` 1-3 clockwise quarter turns, and with ``rotate`` mmrotate's random rotation
+   (:class:`~rsfm_ds.data.det.augment.RandomRotate`, ``PolyRandomRotate``: it drops boxes whose
+   centre leaves the image or whose side is 5 px or less, and refuses a sample left without
+   objects, which is then replaced by another image drawn at random, as mmdet's
+   ``CustomDataset.__getitem__`` does);
 4. normalise with the ImageNet mean/std (mmrotate's ``Normalize``, RGB).
 
 Objects are converted once, from polygons to le90 boxes (:func:`~rsfm_ds.ops.rotated.polygon_to_box`,
-the minimum-area rectangle), and the augmentations transform the *boxes* (:func:`hflip_boxes`,
-:func:`vflip_boxes`, :func:`rot90_boxes`, :func:`scale_boxes`); the tests check each against
-transforming the polygons and converting afterwards.
+the minimum-area rectangle), and the augmentations transform the *boxes*
+(:mod:`rsfm_ds.data.det.augment`); the tests check each against transforming the polygons or
+the rasterised boxes.
 
-Difficult objects: in training they are removed from the targets (``keep_difficult=False``, the
-default), so they are neither positives nor negatives of their own, like mmdet's ignored boxes
-with ``ignore_iof_thr=-1``; with ``filter_empty`` (mmdet's ``filter_empty_gt``), training skips
-images left without objects. Evaluation keeps them: the devkit protocol ignores detections that
-match a difficult object (:mod:`rsfm_ds.evaluation.rotated_map`).
+Difficult objects: training keeps them as ordinary targets by default (``keep_difficult=True``),
+as mmrotate's ``DOTADataset`` does (its ``difficulty`` threshold, 100 by default, keeps every
+object whose flag is at most 100, i.e. all of them). ``keep_difficult=False`` removes them from
+the targets, so they are neither positives nor negatives of their own (mmdet's ignored boxes with
+``ignore_iof_thr=-1``). With ``filter_empty`` (mmdet's ``filter_empty_gt``), training skips
+images without (kept) objects. Evaluation always keeps them: the devkit protocol ignores
+detections that match a difficult object (:mod:`rsfm_ds.evaluation.rotated_map`).
 
 Randomness uses numpy's global RNG, which the fine-tuning engine seeds per sample from (seed,
-epoch, position), so augmentation does not depend on DataLoader workers.
+epoch, position), so augmentation does not depend on DataLoader workers and a resumed run draws
+the same augmentations.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -48,7 +54,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ...errors import ConfigError, DataError
-from ...ops.rotated import polygon_to_box, regularize_le90
+from ...ops.rotated import polygon_to_box
+from .augment import RandomRotate, hflip_boxes, rot90_boxes, scale_boxes, vflip_boxes
 from .dior import image_path as dior_image_path
 from .dior import load_dior_annotations, read_image_set
 from .dota import DotaAnnotation, parse_dota_label
@@ -170,50 +177,28 @@ def select_classes(records: Sequence[DetRecord], all_classes: Sequence[str],
     return out
 
 
-def hflip_boxes(boxes: Tensor, width: float) -> Tensor:
-    """Boxes ``[N, 5]`` of an image mirrored left-right (``x -> width - x``), le90."""
-    cx, cy, w, h, t = boxes.unbind(-1)
-    return regularize_le90(torch.stack([width - cx, cy, w, h, -t], dim=-1))
-
-
-def vflip_boxes(boxes: Tensor, height: float) -> Tensor:
-    """Boxes ``[N, 5]`` of an image mirrored top-bottom (``y -> height - y``), le90."""
-    cx, cy, w, h, t = boxes.unbind(-1)
-    return regularize_le90(torch.stack([cx, height - cy, w, h, -t], dim=-1))
-
-
-def rot90_boxes(boxes: Tensor, width: float, height: float, k: int) -> Tensor:
-    """Boxes ``[N, 5]`` of a ``width x height`` image turned ``k`` quarter turns clockwise on
-    screen (``np.rot90(image, -k)``), le90. One turn maps ``(x, y) -> (height - y, x)`` and
-    adds a quarter turn to theta; the image becomes ``height x width``."""
-    for _ in range(k % 4):
-        cx, cy, w, h, t = boxes.unbind(-1)
-        boxes = torch.stack([height - cy, cx, w, h, t + math.pi / 2], dim=-1)
-        width, height = height, width
-    return regularize_le90(boxes)
-
-
-def scale_boxes(boxes: Tensor, scale: float) -> Tensor:
-    """Boxes ``[N, 5]`` of an image resized by ``scale`` in both axes."""
-    return torch.cat([boxes[:, :4] * scale, boxes[:, 4:]], dim=1)
-
-
 class DetectionDataset(Dataset):
     """Samples for Oriented R-CNN training or evaluation (module docstring).
 
     Args:
         records: the images (:func:`dota_records`, :func:`dior_records`).
         img_size: the longer side after resizing.
-        train: apply the random flips / turns and the difficult / empty filters.
+        train: apply the random augmentations and the difficult / empty filters.
         hflip_prob, vflip_prob: flip probabilities (training).
         rot90_prob: probability of 1-3 random clockwise quarter turns (training).
-        keep_difficult: keep difficult objects as training targets.
+        rotate: mmrotate's random rotation and border filter, applied after the flips and turns
+            (training; None: off).
+        keep_difficult: keep difficult objects as training targets (mmrotate's default).
         filter_empty: training skips images without (kept) objects.
     """
 
+    MAX_REDRAWS = 1000
+    """Refused samples (see ``rotate``) in a row before the dataset gives up."""
+
     def __init__(self, records: Sequence[DetRecord], img_size: int, train: bool,
                  hflip_prob: float = 0.5, vflip_prob: float = 0.5, rot90_prob: float = 0.0,
-                 keep_difficult: bool = False, filter_empty: bool = True):
+                 rotate: Optional[RandomRotate] = None, keep_difficult: bool = True,
+                 filter_empty: bool = True):
         records = list(records)
         if train:
             if not keep_difficult:
@@ -228,6 +213,7 @@ class DetectionDataset(Dataset):
         self.records = records
         self.img_size, self.train = img_size, train
         self.hflip_prob, self.vflip_prob, self.rot90_prob = hflip_prob, vflip_prob, rot90_prob
+        self.rotate = rotate
         self.mean = np.asarray(IMAGENET_MEAN, dtype=np.float32) * 255
         self.std = np.asarray(IMAGENET_STD, dtype=np.float32) * 255
 
@@ -238,10 +224,26 @@ class DetectionDataset(Dataset):
         """A sample: ``image`` float32 ``[3, h, w]`` (normalised), ``boxes`` float32 ``[N, 5]``
         le90 in the sample's pixels, ``labels`` int64 ``[N]``, ``image_id``, ``scale`` (resize
         factor from the file's pixels; un-augmented samples map back by dividing by it) and
-        ``image_size`` ``(h, w)``."""
-        record = self.records[index]
+        ``image_size`` ``(h, w)``.
+
+        In training, an image the rotation leaves without objects is replaced by another one
+        drawn uniformly from the dataset (mmdet's ``_rand_another``), so the sample may carry
+        another ``image_id`` than ``records[index]``.
+        """
+        for _ in range(self.MAX_REDRAWS):
+            sample = self._load(self.records[index])
+            if sample is not None:
+                return sample
+            index = int(np.random.randint(len(self.records)))
+        raise DataError(f"the random rotation left no object in {self.MAX_REDRAWS} images drawn in a "
+                        f"row (it drops boxes whose centre leaves the image or whose side is "
+                        f"{self.rotate.min_size:g} px or less); check the objects' sizes or set "
+                        f"data.rotate_allow_negative")
+
+    def _load(self, record: DetRecord) -> Optional[Dict[str, Any]]:
         img = read_rgb(record.image_path)
         boxes = polygon_to_box(torch.from_numpy(record.polygons).double())
+        labels = record.labels.copy()
         height, width = img.shape[:2]
         scale = self.img_size / max(height, width)
         if scale != 1.0:
@@ -249,13 +251,18 @@ class DetectionDataset(Dataset):
             img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
             boxes = scale_boxes(boxes, scale)
         if self.train:
-            img, boxes = self._augment(img, boxes)
+            img, boxes = self._flip_and_turn(img, boxes)
+            if self.rotate is not None:
+                rotated = self.rotate(img, boxes, labels)
+                if rotated is None:
+                    return None
+                img, boxes, labels = rotated
         img = (img.astype(np.float32) - self.mean) / self.std
         return {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
-                "boxes": boxes.float(), "labels": torch.from_numpy(record.labels.copy()),
+                "boxes": boxes.float(), "labels": torch.from_numpy(np.ascontiguousarray(labels)),
                 "image_id": record.image_id, "scale": scale, "image_size": tuple(img.shape[:2])}
 
-    def _augment(self, img: np.ndarray, boxes: Tensor) -> Tuple[np.ndarray, Tensor]:
+    def _flip_and_turn(self, img: np.ndarray, boxes: Tensor) -> Tuple[np.ndarray, Tensor]:
         height, width = img.shape[:2]
         if np.random.random() < self.hflip_prob:
             img, boxes = img[:, ::-1], hflip_boxes(boxes, width)

@@ -16,10 +16,13 @@ As mmrotate's ``OrientedStandardRoIHead`` with ``RotatedSingleRoIExtractor`` and
 - **Losses** (mmdet's normalisation): cross-entropy averaged over the sampled RoIs; smooth L1
   (beta 1) summed over the positives' deltas and divided by the number of sampled RoIs.
 - **Inference**: softmax scores, class-agnostic decoding (centres clamped to the image), every
-  (RoI, class) pair scoring above 0.05 is a candidate, the ``nms_pre`` best candidates go through
-  per-class rotated NMS at IoU 0.1, and the best ``max_per_img`` survive. mmrotate has no
-  candidate cap before NMS; ``nms_pre`` (2000 by default) bounds the NMS cost of an untrained
-  model, whose near-uniform scores put every pair above the threshold.
+  (RoI, class) pair scoring above 0.05 is a candidate, all candidates go through per-class
+  rotated NMS at IoU 0.1, and the best 2000 (``max_per_img``) survive: mmrotate's
+  ``multiclass_nms_rotated`` as ``RotatedBBoxHead.get_bboxes`` calls it (the ``nms_pre`` and
+  ``min_bbox_size`` of the config's ``test_cfg.rcnn`` are not read there). ``nms_pre`` optionally
+  caps the candidates entering NMS at the best ``nms_pre``: an untrained model's near-uniform
+  scores put every (RoI, class) pair above the threshold, and the cap bounds that NMS's cost in
+  quick debug runs.
 """
 from __future__ import annotations
 
@@ -62,8 +65,8 @@ class RotatedRoIConfig:
     """Inference: (RoI, class) pairs scoring above this are candidates."""
     nms_iou: float = 0.1
     """Inference: per-class rotated NMS threshold."""
-    nms_pre: int = 2000
-    """Inference: best candidates per image entering NMS."""
+    nms_pre: Optional[int] = None
+    """Inference: best candidates per image entering NMS; null: all (mmrotate's behaviour)."""
     max_per_img: int = 2000
     """Inference: detections kept per image."""
     smooth_l1_beta: float = 1.0
@@ -77,7 +80,8 @@ class RotatedRoIConfig:
         check_sampling(self.pos_iou, self.neg_iou, self.num_samples, self.pos_fraction)
         check(0.0 <= self.score_thr < 1.0, "score_thr", f"must be in [0, 1), got {self.score_thr}")
         check(0.0 <= self.nms_iou <= 1.0, "nms_iou", f"must be in [0, 1], got {self.nms_iou}")
-        check(self.nms_pre > 0, "nms_pre", f"must be positive, got {self.nms_pre}")
+        check(self.nms_pre is None or self.nms_pre > 0, "nms_pre",
+              f"must be positive or null (no cap), got {self.nms_pre}")
         check(self.max_per_img > 0, "max_per_img", f"must be positive, got {self.max_per_img}")
         check(self.smooth_l1_beta > 0, "smooth_l1_beta", f"must be positive, got {self.smooth_l1_beta}")
 
@@ -264,7 +268,7 @@ class RotatedRoIHead(nn.Module):
             s = scores[mine]
             roi_idx, cls_idx = torch.nonzero(s > self.cfg.score_thr, as_tuple=True)
             cand_scores = s[roi_idx, cls_idx]
-            if cand_scores.numel() > self.cfg.nms_pre:
+            if self.cfg.nms_pre is not None and cand_scores.numel() > self.cfg.nms_pre:
                 top = cand_scores.topk(self.cfg.nms_pre).indices
                 roi_idx, cls_idx, cand_scores = roi_idx[top], cls_idx[top], cand_scores[top]
             cand_boxes = boxes[roi_idx]
