@@ -275,3 +275,108 @@ def test_seg_dataset_reduce_zero_label_and_bad_labels(tmp_path):
         SegDataset([(tmp_path / "img" / "b.png", tmp_path / "ann" / "b.png")], train=False)[0]
     unlabeled = SegDataset([(pair[0], None)], train=True, crop_size=4)[0]
     assert "label" not in unlabeled and unlabeled["image"].shape == (3, 4, 4)
+
+
+# ----------------------------------------------------------------------------- RandomResize
+
+
+def test_rescale_size_is_mmcv_keep_ratio_rule():
+    from rsfm_ds.data.seg.dataset import rescale_size
+
+    # Hand-computed: factor = min(max(scale) / long side, min(scale) / short side), sides rounded half up.
+    assert rescale_size(1024, 1024, (512, 512)) == (512, 512)  # factor 0.5
+    assert rescale_size(600, 400, (512, 512)) == (512, 341)  # min(512/600, 512/400): 512.5 -> 512, 341.3
+    assert rescale_size(300, 500, (2048, 512)) == (512, 853)  # min(2048/500, 512/300) = 1.7067: 853.3
+    assert rescale_size(100, 40, (1000, 300)) == (750, 300)  # min(10, 7.5) = 7.5
+    assert rescale_size(512, 512, (1536, 1536)) == (1536, 1536)  # upscaling by 3
+    rng = np.random.default_rng(0)
+    for w, h, sw, sh in rng.integers(1, 3000, (200, 4)):  # mmcv's own implementation as the oracle
+        assert rescale_size(int(w), int(h), (int(sw), int(sh))) == mmcv.rescale_size((int(w), int(h)),
+                                                                                   (int(sw), int(sh)))
+
+
+def test_random_resize_size_draws_mmcv_ratio():
+    from rsfm_ds.data.seg.dataset import random_resize_size
+
+    for seed in range(20):
+        ratio = np.random.default_rng(seed).random() * 1.5 + 0.5  # mmcv: random_sample() * (max - min) + min
+        target = (int(512 * ratio), int(512 * ratio))
+        got = random_resize_size(600, 400, (512, 512), (0.5, 2.0), np.random.default_rng(seed))
+        assert got == mmcv.rescale_size((600, 400), target)
+        assert 0.5 * 512 - 1 <= got[0] <= 2.0 * 512  # the long side spans scale * [0.5, 2]
+
+
+def labelled_image(shape=(40, 60)):
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    label = np.full(shape, 3, np.uint8)
+    label[:, : shape[1] // 3] = 0
+    label[shape[0] // 2:, shape[1] // 2:] = 7
+    label[5:9, 40:47] = 255
+    return image, label
+
+
+def normalise(image):
+    mean = np.array([0.485, 0.456, 0.406], np.float32) * 255
+    std = np.array([0.229, 0.224, 0.225], np.float32) * 255
+    return torch.from_numpy(((image.astype(np.float32) - mean) / std).transpose(2, 0, 1).copy())
+
+
+def test_seg_dataset_random_resize_bilinear_image_nearest_label(tmp_path):
+    image, label = labelled_image()
+    pairs = [write_pair(tmp_path, "a.png", image, label)]
+    # Fixed ratio 1: 60x40 into (30, 30) is 30x20; the 64 px crop is larger, so the item shows all of it.
+    item = SegDataset(pairs, crop_size=64, resize_scale=(30, 30), resize_ratio_range=(1.0, 1.0), hflip_prob=0.0)[0]
+    expected_image = mmcv.imrescale(image, (30, 30), interpolation="bilinear")
+    expected_label = mmcv.imrescale(label, (30, 30), interpolation="nearest")
+    assert expected_label.shape == (20, 30)
+    assert torch.equal(item["label"][:20, :30], torch.from_numpy(expected_label).long())
+    assert torch.all(item["label"][20:] == 255) and torch.all(item["label"][:, 30:] == 255)
+    torch.testing.assert_close(item["image"][:, :20, :30], normalise(expected_image))
+    assert set(torch.unique(item["label"]).tolist()) <= {0, 3, 7, 255}  # nearest: no blended class values
+
+    # Random ratios: every item's label keeps the class set; sizes vary with the epoch.
+    ds = SegDataset(pairs, crop_size=256, resize_scale=(60, 60), resize_ratio_range=(0.5, 2.0), hflip_prob=0.0)
+    extents = set()
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        lab = ds[0]["label"]
+        assert set(torch.unique(lab).tolist()) <= {0, 3, 7, 255}
+        rows = int((lab != 255).any(dim=1).sum())
+        extents.add(rows)
+        ratio = np.random.default_rng([0, epoch, 0]).random() * 1.5 + 0.5
+        w, h = mmcv.rescale_size((60, 40), (int(60 * ratio), int(60 * ratio)))
+        assert rows == h and int((lab != 255).any(dim=0).sum()) == w
+    assert len(extents) > 3
+
+
+def test_seg_dataset_resize_comes_before_crop_and_flip(tmp_path):
+    """mmseg's order: RandomResize (first draw), RandomCrop from the resized image, then RandomFlip."""
+    image, label = labelled_image()
+    pairs = [write_pair(tmp_path, f"{i}.png", image, label) for i in range(3)]
+    ds = SegDataset(pairs, crop_size=16, resize_scale=(60, 60), resize_ratio_range=(2.0, 2.0), hflip_prob=0.5,
+                    seed=4)
+    resized_image = mmcv.imrescale(image, (120, 120), interpolation="bilinear")  # 60x40 -> 120x80
+    resized_label = mmcv.imrescale(label, (120, 120), interpolation="nearest")
+    assert resized_image.shape[:2] == (80, 120)
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for index in range(3):
+            rng = np.random.default_rng([4, epoch, index])
+            rng.random()  # the resize ratio (a fixed range here)
+            y, x = int(rng.integers(0, 80 - 16 + 1)), int(rng.integers(0, 120 - 16 + 1))
+            crop_image, crop_label = resized_image[y:y + 16, x:x + 16], resized_label[y:y + 16, x:x + 16]
+            if rng.random() < 0.5:
+                crop_image, crop_label = crop_image[:, ::-1], crop_label[:, ::-1]
+            item = ds[index]
+            assert torch.equal(item["label"], torch.from_numpy(crop_label.copy()).long())
+            torch.testing.assert_close(item["image"], normalise(crop_image))
+
+
+def test_seg_dataset_resize_options_are_checked(tmp_path):
+    from rsfm_ds.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="resize_scale"):
+        SegDataset([], resize_scale=(0, 512))
+    with pytest.raises(ConfigError, match="resize_ratio_range"):
+        SegDataset([], resize_scale=(512, 512), resize_ratio_range=(2.0, 0.5))

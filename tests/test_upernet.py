@@ -100,3 +100,30 @@ def test_head_learns_a_pixel_rule():
         opt.step()
         history.append(loss.item())
     assert min(history[-5:]) < 0.6 * history[0]
+
+
+def test_norm_choices_and_syncbn_on_one_process_is_bn():
+    """norm="syncbn" (the default, mmseg's SyncBN) builds synchronised BatchNorm; on one process it
+    trains and evaluates exactly as norm="bn" from the same weights."""
+    from rsfm_ds.models.sync_batchnorm import SyncBatchNorm
+
+    torch.manual_seed(0)
+    assert UperNetConfig().norm == "syncbn"
+    sync = UperNet(4, in_channels=16, cfg=UperNetConfig(channels=16, aux_channels=8))
+    plain = UperNet(4, in_channels=16, cfg=UperNetConfig(channels=16, aux_channels=8, norm="bn"))
+
+    def norms(model):
+        return {type(m) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+    assert norms(sync) == {SyncBatchNorm} and norms(plain) == {torch.nn.BatchNorm2d}
+    plain.load_state_dict(sync.state_dict())  # same names: checkpoints move between the two
+    feats, labels = pyramid(batch=2, channels=16), torch.randint(0, 4, (2, 64, 64))
+    torch.manual_seed(1)
+    a = sync.train().loss(feats, labels)
+    torch.manual_seed(1)  # the same dropout masks
+    b = plain.train().loss(feats, labels)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(x, y) for x, y in zip(sync.buffers(), plain.buffers()))
+    assert torch.equal(sync.eval()(feats), plain.eval()(feats))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):  # micro-batch 1, one process
+        sync.train().loss(pyramid(batch=1, channels=16), labels[:1])

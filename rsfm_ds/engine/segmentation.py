@@ -1,11 +1,12 @@
 """Semantic segmentation fine-tuning: ViTDet backbone + UperNet on Potsdam, LoveDA or any
 mmseg-layout dataset, on the shared engine (``finetune.py``).
 
-Training reads random crops (``SegDataset``); evaluation runs sliding-window inference over whole
-images (windows of ``crop`` with ``stride``, logits averaged by a count map) and accumulates one
-confusion matrix per rank, summed over ranks, from which OA, per-class IoU / F1, mIoU and mF1
-follow with mmseg's semantics (dataset-summed areas, nanmean). Predictions can be written as index
-PNGs for ``rsfm eval seg``.
+Training reads mmseg's pipeline (``SegDataset``: random resize, random crop, flip, photometric
+distortion) and normalises the head with synchronised BatchNorm (``head.norm``, mmseg's SyncBN);
+evaluation runs sliding-window inference over whole images (windows of ``crop`` with ``stride``,
+logits averaged by a count map) and accumulates one confusion matrix per rank, summed over ranks,
+from which OA, per-class IoU / F1, mIoU and mF1 follow with mmseg's semantics (dataset-summed
+areas, nanmean). Predictions can be written as index PNGs for ``rsfm eval seg``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch.nn as nn
 
 from ..config import check, check_choices
 from ..data.seg.loveda import LOVEDA_CLASSES, loveda_pairs
-from ..data.seg.dataset import SegDataset, mmseg_pairs
+from ..data.seg.dataset import SegDataset, check_resize, mmseg_pairs
 from ..data.seg.potsdam import class_names as potsdam_class_names
 from ..evaluation.seg_metrics import SegMetric, eval_record, metrics_from_confusion
 from ..evaluation.segmentation_results import write_index_png
@@ -49,6 +50,13 @@ class SegDataConfig:
     """Training crop side; also the sliding window of evaluation."""
     eval_stride: int = 384
     """Sliding-window stride at evaluation (LoveDA protocol: 384; Potsdam crops: any)."""
+    resize_scale: Optional[Tuple[int, int]] = None
+    """mmcv RandomResize before the crop: base (width, height) that the image is fitted into,
+    keeping its aspect ratio, after multiplying it by a random ratio from resize_ratio_range; null
+    keeps the image size. mmseg's recipes: [512, 512] for Potsdam (configs/_base_/datasets/potsdam.py),
+    [2048, 512] for LoveDA (loveda.py; its [1024, 1024] is the test-time resize)."""
+    resize_ratio_range: Tuple[float, float] = (0.5, 2.0)
+    """RandomResize ratio range (low, high) applied to resize_scale (mmseg: [0.5, 2.0])."""
     cat_max_ratio: Optional[float] = 0.75
     """mmseg RandomCrop: retry crops where one class covers more than this fraction."""
     photometric: bool = True
@@ -70,6 +78,7 @@ class SegDataConfig:
         check(0 < self.eval_stride <= self.crop_size, "eval_stride",
               f"must be in (0, crop_size], got {self.eval_stride}")
         check(0 < self.fraction <= 1, "fraction", f"must be in (0, 1], got {self.fraction}")
+        check_resize(self.resize_scale, self.resize_ratio_range)
         check(self.class_names is None or len(self.class_names) == self.num_classes, "class_names",
               f"needs num_classes={self.num_classes} names")
 
@@ -81,7 +90,7 @@ class SegFinetuneConfig(FinetuneConfig):
     data: SegDataConfig = field(default_factory=SegDataConfig)
     """Data."""
     head: UperNetConfig = field(default_factory=UperNetConfig)
-    """UperNet head."""
+    """UperNet head (norm syncbn by default: BatchNorm statistics over all ranks, mmseg's SyncBN)."""
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(
         by="iter", length=160_000, type="poly", milestones=(), warmup=1500, warmup_ratio=1e-6))
     """Length and schedule (segmentation recipe: 160k iterations, poly, 1500 warm-up)."""
@@ -119,11 +128,11 @@ class SegmentationTask(FinetuneTask):
 
     def train_dataset(self) -> SegDataset:
         d = self.cfg.data
-        return SegDataset(self._pairs("train"), train=True, crop_size=d.crop_size,
-                          cat_max_ratio=d.cat_max_ratio, photometric=d.photometric,
-                          ignore_index=d.ignore_index, reduce_zero_label=d.dataset == "loveda",
-                          fraction=d.fraction, fraction_seed=d.fraction_seed, seed=self.cfg.seed,
-                          num_classes=d.num_classes)
+        return SegDataset(self._pairs("train"), train=True, crop_size=d.crop_size, resize_scale=d.resize_scale,
+                          resize_ratio_range=d.resize_ratio_range, cat_max_ratio=d.cat_max_ratio,
+                          photometric=d.photometric, ignore_index=d.ignore_index,
+                          reduce_zero_label=d.dataset == "loveda", fraction=d.fraction,
+                          fraction_seed=d.fraction_seed, seed=self.cfg.seed, num_classes=d.num_classes)
 
     def eval_dataset(self) -> SegDataset:
         d = self.cfg.data

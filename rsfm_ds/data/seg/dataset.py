@@ -4,13 +4,15 @@ Pairs come from the mmseg layout (``ROOT/img_dir/<split>/<name>.png`` with
 ``ROOT/ann_dir/<split>/<name>.png``, as ``rsfm potsdam prepare`` writes; :func:`mmseg_pairs`) or from
 a dataset reader (LoveDA: :func:`rsfm_ds.data.seg.loveda.loveda_pairs`, with ``reduce_zero_label``).
 
-Training transforms, in mmseg's order: random crop of ``crop_size`` (with mmseg's ``cat_max_ratio``:
-up to 10 draws until no single class covers ``cat_max_ratio`` or more of the crop's scored pixels),
-random horizontal / vertical flip, optional photometric distortion (mmseg's
-``PhotoMetricDistortion``: brightness, contrast, saturation, hue, each with probability 1/2),
-normalisation, and padding to ``crop_size`` (image 0, label ``ignore_index``) where the image is
-smaller. Evaluation (``train=False``) returns the whole normalised image and its label; the caller
-slides windows (:mod:`rsfm_ds.evaluation.sliding_window`).
+Training transforms, in the order of mmseg's ``train_pipeline`` (``configs/_base_/datasets/potsdam.py``,
+``loveda.py``): optional random resize (mmcv's ``RandomResize`` with ``ratio_range`` and
+``keep_ratio=True``, ``mmcv/transforms/processing.py``: :func:`random_resize_size`), random crop
+of ``crop_size`` (with mmseg's ``cat_max_ratio``: up to 10 draws until no single class covers
+``cat_max_ratio`` or more of the crop's scored pixels), random horizontal / vertical flip,
+optional photometric distortion (mmseg's ``PhotoMetricDistortion``: brightness, contrast,
+saturation, hue, each with probability 1/2), normalisation, and padding to ``crop_size`` (image 0,
+label ``ignore_index``) where the image is smaller. Evaluation (``train=False``) returns the whole
+normalised image and its label; the caller slides windows (:mod:`rsfm_ds.evaluation.sliding_window`).
 
 Randomness is a function of ``(seed, epoch, index)`` only (call :meth:`SegDataset.set_epoch`), so
 augmentations do not depend on DataLoader workers and a resumed run sees the same crops.
@@ -52,6 +54,30 @@ def mmseg_pairs(root: Union[str, Path], split: str, img_dir: str = "img_dir", an
     return [(p, label_dir / p.name) for p in images]
 
 
+def rescale_size(width: int, height: int, scale: Tuple[int, int]) -> Tuple[int, int]:
+    """mmcv's ``rescale_size`` for a tuple scale (``mmcv/image/geometric.py``): ``(new_w, new_h)``.
+
+    The largest size of the same aspect ratio whose long side fits ``max(scale)`` and whose short
+    side fits ``min(scale)``: factor ``min(max(scale) / max(h, w), min(scale) / min(h, w))``, each
+    side rounded half up (``int(side * factor + 0.5)``).
+    """
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return int(width * factor + 0.5), int(height * factor + 0.5)
+
+
+def random_resize_size(width: int, height: int, scale: Tuple[int, int], ratio_range: Tuple[float, float],
+                       rng: np.random.Generator) -> Tuple[int, int]:
+    """mmcv's ``RandomResize(scale, ratio_range, keep_ratio=True)`` target ``(new_w, new_h)``.
+
+    A ratio is drawn uniformly from ``ratio_range`` (one draw of ``rng``), the scale becomes
+    ``(int(scale[0] * ratio), int(scale[1] * ratio))`` (``_random_sample_ratio``) and the image is
+    rescaled to fit it keeping its aspect ratio (:func:`rescale_size`).
+    """
+    low, high = ratio_range
+    ratio = rng.random() * (high - low) + low
+    return rescale_size(width, height, (int(scale[0] * ratio), int(scale[1] * ratio)))
+
+
 def photometric_distortion(img: np.ndarray, rng: np.random.Generator, brightness_delta: int = 32,
                            contrast: Tuple[float, float] = (0.5, 1.5), saturation: Tuple[float, float] = (0.5, 1.5),
                            hue_delta: int = 18) -> np.ndarray:
@@ -74,8 +100,22 @@ def photometric_distortion(img: np.ndarray, rng: np.random.Generator, brightness
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def check_resize(scale: Optional[Tuple[int, int]], ratio_range: Tuple[float, float]) -> None:
+    """Validate the ``RandomResize`` options (``ConfigError`` naming ``resize_scale`` or
+    ``resize_ratio_range``)."""
+    if len(ratio_range) != 2 or not 0.0 < ratio_range[0] <= ratio_range[1]:
+        raise ConfigError(f"resize_ratio_range: need (low, high) with 0 < low <= high, got {tuple(ratio_range)}")
+    if scale is None:
+        return
+    if len(scale) != 2 or any(int(s) != s or s < 1 for s in scale):
+        raise ConfigError(f"resize_scale: need two positive integers (width, height) or null, got {tuple(scale)}")
+    if int(min(scale) * ratio_range[0]) < 1:
+        raise ConfigError(f"resize_scale: {tuple(scale)} at the lowest ratio {ratio_range[0]} of "
+                          f"resize_ratio_range leaves no pixel")
+
+
 class SegDataset(Dataset):
-    """Images and index labels for training (random crops) or evaluation (whole images).
+    """Images and index labels for training (randomly resized crops) or evaluation (whole images).
 
     Items: ``{"image": float32 [3, H, W] normalised, "label": int64 [H, W] (ignore_index unscored),
     "name": str}``; training crops have ``H = W = crop_size``. Pairs without a label (LoveDA Test)
@@ -83,8 +123,13 @@ class SegDataset(Dataset):
 
     Args:
         pairs: ``(image path, label path or None)``; labels are single-channel uint8 PNGs.
-        train: random crop / flips / photometric; otherwise whole images, no augmentation.
+        train: random resize / crop / flips / photometric; otherwise whole images, no augmentation.
         crop_size: training crop side.
+        resize_scale: mmcv ``RandomResize`` scale ``(w, h)`` before the crop (mmseg: Potsdam (512, 512),
+            LoveDA (1024, 1024)); ``None`` keeps the image size. Images are resized bilinearly, labels
+            by nearest neighbour (values stay class indices).
+        resize_ratio_range: ``(low, high)`` range of the random ratio applied to ``resize_scale``
+            (mmseg: (0.5, 2.0)).
         cat_max_ratio: mmseg's RandomCrop option (e.g. 0.75); ``None`` or 1.0 disables it.
         hflip_prob, vflip_prob: flip probabilities in training.
         photometric: apply :func:`photometric_distortion` in training.
@@ -99,12 +144,14 @@ class SegDataset(Dataset):
     """
 
     def __init__(self, pairs: Sequence[Pair], train: bool = True, crop_size: int = 512,
+                 resize_scale: Optional[Tuple[int, int]] = None, resize_ratio_range: Tuple[float, float] = (0.5, 2.0),
                  cat_max_ratio: Optional[float] = None, hflip_prob: float = 0.5, vflip_prob: float = 0.0,
                  photometric: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, ignore_index: int = 255, reduce_zero_label: bool = False,
                  fraction: float = 1.0, fraction_seed: int = 0, seed: int = 0, num_classes: Optional[int] = None):
         if crop_size < 1:
             raise ConfigError(f"crop_size: must be >= 1, got {crop_size}")
+        check_resize(resize_scale, resize_ratio_range)
         if cat_max_ratio is not None and not 0.0 < cat_max_ratio <= 1.0:
             raise ConfigError(f"cat_max_ratio: must be in (0, 1] or None, got {cat_max_ratio}")
         if not 0 <= ignore_index <= 255:
@@ -117,6 +164,8 @@ class SegDataset(Dataset):
         self.pairs: List[Pair] = [pairs[k] for k in keep]
         self.train = train
         self.crop_size = crop_size
+        self.resize_scale = None if resize_scale is None else (int(resize_scale[0]), int(resize_scale[1]))
+        self.resize_ratio_range = (float(resize_ratio_range[0]), float(resize_ratio_range[1]))
         self.cat_max_ratio = cat_max_ratio
         self.hflip_prob, self.vflip_prob = hflip_prob, vflip_prob
         self.photometric = photometric
@@ -165,6 +214,16 @@ class SegDataset(Dataset):
                                 f"classes (0..{self.num_classes - 1}) nor the ignore index {self.ignore_index}")
         return image, label
 
+    def _random_resize(self, rng: np.random.Generator, image: np.ndarray,
+                       label: Optional[np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """mmcv's ``Resize`` with a ``RandomResize`` size: bilinear image, nearest-neighbour label
+        (mmcv's ``imresize`` with its default cv2 backend is ``cv2.resize``)."""
+        size = random_resize_size(image.shape[1], image.shape[0], self.resize_scale, self.resize_ratio_range, rng)
+        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        if label is not None:
+            label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+        return image, label
+
     def _crop_box(self, rng: np.random.Generator, label: Optional[np.ndarray], h: int, w: int) -> Tuple[int, int]:
         """Top-left of a random crop; with ``cat_max_ratio``, mmseg's 10 tries for a mixed crop."""
         ch, cw = min(self.crop_size, h), min(self.crop_size, w)
@@ -189,6 +248,8 @@ class SegDataset(Dataset):
         name = self.pairs[index][0].name
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
+            if self.resize_scale is not None:  # drawn first, as RandomResize comes first in mmseg's pipeline
+                image, label = self._random_resize(rng, image, label)
             h, w = image.shape[:2]
             y, x = self._crop_box(rng, label, h, w)
             s = self.crop_size

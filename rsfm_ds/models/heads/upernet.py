@@ -16,12 +16,16 @@ W/32]}`` from ``rsfm_ds.models.vitdet``); the head reads the levels named by ``i
 Logits come out at the finest level's resolution (stride 4); :func:`resize_logits` brings them to
 the input or label size (bilinear, ``align_corners=False`` as mmseg).
 
-Normalisation: ``norm="bn"`` (default, as mmseg's configs with SyncBN) uses ``BatchNorm2d``. Under
-DeepSpeed data parallelism its batch statistics are per rank (per-rank batches of 2-4 crops are
-small); convert with ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` from the engine for
-cross-rank statistics, or choose ``norm="gn"`` (GroupNorm, 32 groups), which does not depend on
-the batch at all. Note that BatchNorm in training mode needs more than one value per channel: the
-1x1 PPM cell with batch 1 fails, so train BN heads with per-rank batch >= 2 (or use GN).
+Normalisation (``norm``): ``"syncbn"`` (default) is BatchNorm whose training statistics span the
+micro-batches of all data-parallel ranks, mmseg's ``SyncBN`` (``norm_cfg = dict(type='SyncBN')`` in
+mmseg's ``configs/_base_/models/upernet_*.py``), implemented in :mod:`rsfm_ds.models.sync_batchnorm`
+so that it runs on CPU ranks under gloo as well as on GPUs; without ``torch.distributed`` (or in
+eval mode) it is exactly ``BatchNorm2d``. ``"bn"`` is ``BatchNorm2d`` with per-rank statistics (at
+micro-batch 2 these are noisy); ``"gn"`` is GroupNorm (32 groups), independent of the batch.
+``"bn"`` and ``"syncbn"`` have the same parameter and buffer names, so a checkpoint loads under
+either. BatchNorm in training needs more than one value per channel: the 1x1 PPM cell at
+micro-batch 1 fails with ``"bn"`` and with ``"syncbn"`` on a single process, but trains with
+``"syncbn"`` on 2 or more ranks (``world_size`` values per channel).
 
 Losses live with the head: :meth:`UperNet.loss` returns ``{"loss_seg", "loss_aux"}``,
 already weighted; the engine sums them.
@@ -37,8 +41,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...config import check, check_choices
+from ..sync_batchnorm import SyncBatchNorm
 
-NORMS = ("bn", "gn")
+NORMS = ("syncbn", "bn", "gn")
 
 
 @dataclass
@@ -53,8 +58,10 @@ class UperNetConfig:
     """Auxiliary head width."""
     dropout: float = 0.1
     """Dropout before the classifiers."""
-    norm: Literal["bn", "gn"] = "bn"
-    """bn (BatchNorm, statistics per rank) or gn (GroupNorm, batch-size independent)."""
+    norm: Literal["syncbn", "bn", "gn"] = "syncbn"
+    """syncbn (BatchNorm with statistics over all ranks' micro-batches, mmseg's SyncBN; plain
+    BatchNorm on one process), bn (BatchNorm, statistics per rank) or gn (GroupNorm, batch-size
+    independent)."""
     pool_scales: Tuple[int, ...] = (1, 2, 3, 6)
     """Grid sizes of the pyramid pooling module."""
 
@@ -69,6 +76,8 @@ class UperNetConfig:
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "syncbn":
+        return SyncBatchNorm(channels)
     if kind == "bn":
         return nn.BatchNorm2d(channels)
     if kind == "gn":
@@ -79,7 +88,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
 class ConvNormAct(nn.Sequential):
     """Conv (no bias: the norm has one) -> norm -> ReLU, as mmcv's ``ConvModule``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm: str = "bn"):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm: str = "syncbn"):
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
             _norm(norm, out_channels),
@@ -130,12 +139,12 @@ class UperNetHead(nn.Module):
         channels: width of the head (mmseg: 512; 768 in RVSA's ViT-B configs).
         pool_scales: PPM output grid sizes on the coarsest level.
         dropout: ``Dropout2d`` rate before the classifier.
-        norm: ``"bn"`` or ``"gn"`` (see module doc).
+        norm: ``"syncbn"``, ``"bn"`` or ``"gn"`` (see module doc).
     """
 
     def __init__(self, num_classes: int, in_channels: Union[int, Sequence[int]] = 256,
                  in_keys: Sequence[str] = ("p2", "p3", "p4", "p5"), channels: int = 512,
-                 pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1, norm: str = "bn"):
+                 pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1, norm: str = "syncbn"):
         super().__init__()
         self.in_keys = tuple(in_keys)
         ins = [in_channels] * len(self.in_keys) if isinstance(in_channels, int) else list(in_channels)
@@ -178,11 +187,11 @@ class FCNHead(nn.Module):
         channels: width of the conv stack (mmseg: 256).
         num_convs: 3x3 conv-norm-ReLU layers.
         dropout: ``Dropout2d`` rate before the classifier.
-        norm: ``"bn"`` or ``"gn"``.
+        norm: ``"syncbn"``, ``"bn"`` or ``"gn"`` (see module doc).
     """
 
     def __init__(self, num_classes: int, in_channels: int = 256, in_key: str = "p4", channels: int = 256,
-                 num_convs: int = 1, dropout: float = 0.1, norm: str = "bn"):
+                 num_convs: int = 1, dropout: float = 0.1, norm: str = "syncbn"):
         super().__init__()
         if num_convs < 1:
             raise ValueError(f"num_convs: must be >= 1, got {num_convs}")
