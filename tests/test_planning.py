@@ -184,19 +184,26 @@ def saved_bytes(fn, params) -> int:
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("branches", [1, 3])
 @pytest.mark.parametrize("window", [0, 3])
-def test_layer_saved_tensors_match_autograd(fused, branches, window):
+@pytest.mark.parametrize("rel_pos", [False, True])
+def test_layer_saved_tensors_match_autograd(fused, branches, window, rel_pos):
     from rsfm_ds.models.vit import Block, ParallelBlock
     from rsfm_ds.models.vitdet import ViTDetAttention
 
     torch.manual_seed(0)
     d, m, h, g, b = 32, 64, 4, 7, 2
-    attn = partial(ViTDetAttention, window_size=window)
+    attn = partial(ViTDetAttention, window_size=window, use_rel_pos=rel_pos, rel_pos_grid=(g, g))
     blk = (Block(d, h, m, fused_attn=fused, attn_layer=attn) if branches == 1 else
            ParallelBlock(d, h, m, num_branches=branches, fused_attn=fused, attn_layer=attn))
     x = torch.randn(b, g, g, d, requires_grad=True)
     got = saved_bytes(lambda: blk(x), list(blk.parameters()))
-    spec = LayerSpec(g * g, d, m, h, branches, window=window, grid=(g, g), fused=fused)
-    assert got == b * layer_saved(spec).bytes(4)
+    # On this CPU the mask sends fused attention to the math path (masked_math).
+    spec = LayerSpec(g * g, d, m, h, branches, window=window, grid=(g, g), fused=fused,
+                     rel_pos=rel_pos, masked_math=True)
+    # Per batch, not per sample: each branch's two offset-indexed tables [side, side, head_dim]
+    # (fp32) and their int64 offset indexes [side, side].
+    side = window or g
+    per_batch = branches * (2 * side * side * (d // h) * 4 + 2 * side * side * 8) if rel_pos else 0
+    assert got == b * layer_saved(spec).bytes(4) + per_batch
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -237,15 +244,16 @@ def test_pyramid_saved_tensors_match_autograd():
     assert got == pytest.approx(2 * total(saved).bytes(4), rel=0.005)
 
 
+@pytest.mark.parametrize("rel_pos", [False, True])
 @pytest.mark.parametrize("task", ["seg", "det"])
-def test_finetune_saved_tensors_match_autograd(task):
+def test_finetune_saved_tensors_match_autograd(task, rel_pos):
     from rsfm_ds.models.heads.oriented_rcnn import OrientedRCNN
     from rsfm_ds.models.heads.upernet import UperNet
     from rsfm_ds.models.vitdet import create_vitdet
 
     torch.manual_seed(0)
     size, b = 128, 2
-    bb = create_vitdet("debug", img_size=size, window_size=3, extra_p6=task == "det")
+    bb = create_vitdet("debug", img_size=size, window_size=3, extra_p6=task == "det", use_rel_pos=rel_pos)
     bb.set_grad_checkpointing(True)
     imgs = torch.randn(b, 3, size, size)
     if task == "seg":
@@ -263,7 +271,7 @@ def test_finetune_saved_tensors_match_autograd(task):
     p = get_preset("debug")
     layers = vitdet_layers(img_size=size, patch_size=16, dim=p.embed_dim, mlp=p.mlp_dim,
                            heads=p.num_heads, depth=p.depth, branches=p.num_branches, window=3,
-                           global_layers=p.global_attn_indexes)
+                           global_layers=p.global_attn_indexes, rel_pos=rel_pos, masked_math=True)
     est = finetune_activations(task, layers, img_size=size, patch_size=16, dim=p.embed_dim,
                                num_classes=6 if task == "seg" else 18)
     assert got == pytest.approx(est.saved_bytes(b, 4), rel=0.02)

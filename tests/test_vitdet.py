@@ -1,15 +1,21 @@
-"""ViTDet backbone: window attention, padding, shapes per preset, layer decay, weight loading."""
+"""ViTDet backbone: window attention, padding, shapes per preset, position tables (absolute,
+relative), layer decay, weight loading."""
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from timm.layers import resample_abs_pos_embed
 
 from rsfm_ds.engine.param_groups import build_param_groups
 from rsfm_ds.models.mae import create_mae
 from rsfm_ds.models.presets import PRESETS, get_preset
-from rsfm_ds.models.vit import Attention
+from rsfm_ds.models.vit import Attention, sincos_pos_embed_2d
+from rsfm_ds.checkpoint.backbone import mae_to_backbone
 from rsfm_ds.checkpoint.loading import load_backbone
-from rsfm_ds.models.vitdet import (ViTDetAttention, create_vitdet, decomposed_rel_pos_bias, new_parameter_names,
-                                   relative_position_table, window_partition, window_unpartition)
+from rsfm_ds.errors import CheckpointError, ConfigError
+from rsfm_ds.models.vitdet import (ViTDetAttention, ViTDetConfig, create_vitdet, decomposed_rel_pos_bias,
+                                   new_parameter_names, relative_position_table, window_partition,
+                                   window_unpartition)
 
 
 def attention_pair(window_size: int, use_rel_pos: bool, fused: bool, grid=(6, 6), dim=32, heads=2):
@@ -140,8 +146,11 @@ def test_layer_decay_table_for_the_debug_backbone_with_pyramid():
     got = {n: (g["lr_scale"], g["weight_decay"]) for g in groups for n in g["names"]}
 
     decayed = ("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight")
+    # The trainable position table is stem (layer 0) and not decayed, as detectron2's
+    # get_vit_lr_decay_rate and its ViTDet optimizer overrides ({"pos_embed": weight_decay 0}).
     table = {"backbone.patch_embed.proj.weight": (0.75 ** 5, 0.05),
              "backbone.patch_embed.proj.bias": (0.75 ** 5, 0.0),
+             "backbone.pos_embed": (0.75 ** 5, 0.0),
              "backbone.norm.weight": (1.0, 0.0), "backbone.norm.bias": (1.0, 0.0),
              "head.weight": (1.0, 0.05), "head.bias": (1.0, 0.0)}
     for i in range(4):
@@ -185,12 +194,13 @@ def test_loading_mae_weights_gives_the_mae_encoder_tokens(tmp_path):
     for name, p in mae.named_parameters():  # make norms and biases non-trivial
         if p.ndim == 1:
             nn.init.normal_(p, std=0.1)
-    # Window 4 on the 4 x 4 grid: every layer sees the whole grid, as the encoder does.
-    model = create_vitdet("debug", img_size=64, window_size=4, out_channels=16).eval()
+    # Window 4 on the 4 x 4 grid: every layer sees the whole grid, as the encoder does; the
+    # position table of the MAE's (64 px) grid is the MAE's own, so nothing is resampled.
+    model = create_vitdet("debug", img_size=64, window_size=4, out_channels=16, pretrain_img_size=64).eval()
     report = load_backbone(model, saved(mae.state_dict(), tmp_path / "mae.pt"))
     assert report.unexpected_keys == []
     assert sorted(report.missing_keys) == sorted(new_parameter_names(model))
-    assert all(k.startswith("pyramid.") for k in report.missing_keys)
+    assert all(k.startswith("pyramid.") or k == "pos_embed" for k in report.missing_keys)
     assert sorted(report.dropped_keys) == sorted(k for k in mae.state_dict() if not k.startswith("encoder.")
                                                  or k == "encoder.cls_token")
     x = torch.randn(2, 3, 64, 64)
@@ -283,6 +293,8 @@ def test_init_weights_sets_every_parameter():
     model.init_weights()
     assert [n for n, p in model.named_parameters() if torch.isnan(p).any()] == []
     assert all(p.abs().sum() == 0 for n, p in model.named_parameters() if ".rel_pos_" in n)
+    # From scratch the trainable table is the sin-cos table of the pretraining grid (224 px: 14).
+    assert torch.equal(model.pos_embed, sincos_pos_embed_2d(128, (14, 14)).reshape(1, 14, 14, 128))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -292,3 +304,161 @@ def test_init_weights_sets_every_parameter():
 def test_bad_arguments_are_named(kwargs, message):
     with torch.device("meta"), pytest.raises(ValueError, match=message):
         create_vitdet("debug", img_size=64, **kwargs)
+
+
+# --- absolute position table ---------------------------------------------------------------------
+
+def vit_table(grid: int, dim: int = 128, seed: int = 0) -> torch.Tensor:
+    """A learned-looking table in the MAE / timm layout ``[1, 1 + grid^2, dim]``, class row first."""
+    return torch.randn(1, 1 + grid * grid, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def timm_resampled(table: torch.Tensor, grid) -> torch.Tensor:
+    """The oracle: timm's resampling without antialiasing (detectron2's get_abs_pos), class row
+    dropped, as ``[1, gh, gw, D]``."""
+    out = resample_abs_pos_embed(table, new_size=list(grid), num_prefix_tokens=1, antialias=False)
+    return out[:, 1:].reshape(1, grid[0], grid[1], table.shape[-1])
+
+
+def first_block_input(model, x: torch.Tensor) -> torch.Tensor:
+    """What the first block receives (patch embedding + position table), without running the rest."""
+    class Seen(Exception):
+        pass
+
+    got = []
+
+    def hook(module, args):
+        got.append(args[0])
+        raise Seen
+
+    handle = model.blocks[0].register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad(), pytest.raises(Seen):
+            model(x)
+    finally:
+        handle.remove()
+    return got[0]
+
+
+def test_interpolated_table_equals_timms_resample_abs_pos_embed(tmp_path):
+    table = vit_table(14)
+    state = {**create_mae("debug", img_size=64).encoder.state_dict(), "pos_embed": table}
+    model = create_vitdet("debug", img_size=1024, out_channels=16)
+    report = load_backbone(model, saved(state, tmp_path / "encoder.pt"))
+    assert "pos_embed" in report.loaded and "pos_embed" not in report.missing_keys
+    # Held at the pretraining grid without the class row, as detectron2 keeps it.
+    assert torch.equal(model.pos_embed.detach(), table[:, 1:].reshape(1, 14, 14, 128))
+    with torch.no_grad():
+        for grid in ((64, 64), (50, 64), (4, 4)):
+            torch.testing.assert_close(model.pos_embed_for(grid), timm_resampled(table, grid),
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_mae_converted_at_224_and_built_at_1024_uses_the_resampled_table(tmp_path):
+    torch.manual_seed(0)
+    mae = create_mae("debug", img_size=224)
+    src = saved(mae.state_dict(), tmp_path / "mae.pt")
+    mae_to_backbone(src, tmp_path / "with.safetensors", with_pos_embed=True)  # the MAE's 14 x 14 table
+    mae_to_backbone(src, tmp_path / "without.safetensors")
+    sincos14 = sincos_pos_embed_2d(128, (14, 14), cls_token=True)
+
+    model = create_vitdet("debug", img_size=1024, out_channels=16).eval()
+    report = load_backbone(model, tmp_path / "with.safetensors")
+    assert "pos_embed" in report.loaded
+    x = torch.randn(1, 3, 1024, 1024)
+    expected = model.patch_embed(x) + timm_resampled(sincos14, (64, 64))
+    used = first_block_input(model, x)
+    torch.testing.assert_close(used, expected, rtol=1e-5, atol=1e-5)
+    # Stretched from the pretraining grid, not the sin-cos function of the 64 x 64 grid.
+    exact64 = model.patch_embed(x) + sincos_pos_embed_2d(128, (64, 64)).reshape(1, 64, 64, 128)
+    assert not torch.allclose(used, exact64, atol=1e-2)
+
+    # A file without a table leaves the sin-cos start of the same grid: the same table.
+    bare = create_vitdet("debug", img_size=1024, out_channels=16)
+    assert "pos_embed" in load_backbone(bare, tmp_path / "without.safetensors").missing_keys
+    assert torch.equal(bare.pos_embed, model.pos_embed)
+
+    # abs_pos="sincos" computes the 64 x 64 function itself and keeps no table in its state.
+    fixed = create_vitdet("debug", img_size=1024, out_channels=16, abs_pos="sincos").eval()
+    report = load_backbone(fixed, tmp_path / "with.safetensors")
+    assert "pos_embed" in report.dropped_keys and "pos_embed" not in fixed.state_dict()
+    torch.testing.assert_close(first_block_input(fixed, x), exact64, rtol=1e-5, atol=1e-5)
+
+
+def test_a_table_of_another_grid_is_resampled_on_load(tmp_path):
+    encoder = create_mae("debug", img_size=64).encoder.state_dict()
+    table = vit_table(32, seed=1)  # e.g. pretrained at 512 px
+    model = create_vitdet("debug", img_size=128, window_size=4, out_channels=16)  # table grid 14
+    load_backbone(model, saved({**encoder, "pos_embed": table}, tmp_path / "a.pt"))
+    torch.testing.assert_close(model.pos_embed.detach(), timm_resampled(table, (14, 14)), rtol=1e-5, atol=1e-5)
+
+    # A fine-tuned ViTDet table ([1, h, w, D], no class row) loads as well.
+    other = create_vitdet("debug", img_size=128, window_size=4, out_channels=16, pretrain_img_size=96)
+    load_backbone(other, saved(model.state_dict(), tmp_path / "b.pt"), strict_backbone=False)
+    torch.testing.assert_close(other.pos_embed.detach(), resample_abs_pos_embed(
+        model.pos_embed.detach().reshape(1, 196, 128), new_size=[6, 6], num_prefix_tokens=0,
+        antialias=False).reshape(1, 6, 6, 128), rtol=1e-5, atol=1e-5)
+
+    with pytest.raises(CheckpointError, match="pos_embed"):  # another width
+        load_backbone(model, saved({**encoder, "pos_embed": torch.zeros(1, 197, 64)}, tmp_path / "c.pt"))
+    with pytest.raises(CheckpointError, match="neither a square grid"):
+        load_backbone(model, saved({**encoder, "pos_embed": torch.zeros(1, 199, 128)}, tmp_path / "d.pt"))
+
+
+# --- relative position tables ----------------------------------------------------------------------
+
+def test_config_defaults_follow_vitdet_and_size_the_rel_pos_tables_like_it():
+    cfg = ViTDetConfig(preset="debug", img_size=512, window_size=7)
+    assert (cfg.use_rel_pos, cfg.abs_pos, cfg.pretrain_img_size) == (True, "interpolate", 224)
+    with torch.device("meta"):
+        model = cfg.build()
+    head_dim = 128 // 4
+    for i, blk in enumerate(model.blocks):
+        for branch in blk.attns:
+            side = 32 if i in (1, 3) else 7  # global: the 512 px grid; window: the window
+            assert branch.attn.rel_pos_h.shape == branch.attn.rel_pos_w.shape == (2 * side - 1, head_dim)
+    assert tuple(model.pos_embed.shape) == (1, 14, 14, 128) and model.pos_embed.requires_grad
+
+
+def linear_resize_oracle(table: np.ndarray, length: int) -> np.ndarray:
+    """Half-pixel linear interpolation along rows, written out (what detectron2's get_rel_pos
+    asks of F.interpolate(mode="linear"), align_corners=False)."""
+    n = table.shape[0]
+    out = np.empty((length, table.shape[1]))
+    for i in range(length):
+        src = max((i + 0.5) * n / length - 0.5, 0.0)
+        lo = min(int(np.floor(src)), n - 1)
+        hi = min(lo + 1, n - 1)
+        out[i] = (1 - (src - lo)) * table[lo] + (src - lo) * table[hi]
+    return out
+
+
+def test_global_rel_pos_tables_are_resized_linearly_for_another_grid():
+    table = torch.randn(7, 3, generator=torch.Generator().manual_seed(0))  # built for a grid of 4
+    got = relative_position_table(table, 6)  # [6, 6, 3]: offsets -5..5 from 11 resized rows
+    resized = linear_resize_oracle(table.numpy().astype(np.float64), 11)
+    want = np.stack([np.stack([resized[i - j + 5] for j in range(6)]) for i in range(6)])
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_window_block_equal_to_the_grid_equals_the_global_block_in_a_backbone():
+    torch.manual_seed(0)
+    win = create_vitdet("debug", img_size=64, window_size=4, out_channels=16, use_rel_pos=True,
+                        global_attn_indexes=()).eval()
+    glob = create_vitdet("debug", img_size=64, window_size=4, out_channels=16, use_rel_pos=True,
+                         global_attn_indexes=(0, 1, 2, 3)).eval()
+    for name, p in win.named_parameters():
+        if ".rel_pos_" in name:
+            nn.init.normal_(p, std=0.5)
+    glob.load_state_dict(win.state_dict())  # same table sizes: window 4 = the 4 x 4 grid
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = win(x), glob(x)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("field, value", [("abs_pos", "learned"), ("pretrain_img_size", 100)])
+def test_bad_position_options_are_named(field, value):
+    with pytest.raises(ConfigError, match=field):
+        ViTDetConfig(**{field: value})

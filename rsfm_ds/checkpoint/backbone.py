@@ -8,19 +8,25 @@ source key                                  backbone key
 MAE ``encoder.<key>``                       ``<key>`` (``cls_token``, ``patch_embed.proj.*``,
                                             ``blocks.{i}.*``, ``norm.*``)
 MAE ``decoder_*``, ``mask_token``           dropped
-``pos_embed``                               dropped (see below)
+``pos_embed``                               dropped here (see below); ``load_backbone`` puts
+                                            it in a backbone that trains a table
 ``head.*``                                  dropped (a classifier is not part of a backbone)
 an encoder / converted backbone ``<key>``   ``<key>``
 ==========================================  ===============================================
 
-Position table: the encoder's is a fixed 2-D sin-cos function of the patch grid
-(:func:`~rsfm_ds.models.vit.sincos_pos_embed_2d`), a non-persistent buffer that our backbones
-(``VisionTransformer``, ``ViTDetBackbone``) recompute exactly for whatever input size they get.
-"Resampling it to the target grid" is therefore exact recomputation, and the converted file stores
-no table. ``img_size`` is recorded in the sidecar (the resolution the backbone is meant for); tools
-that expect a stored table (timm-style ViTs with ``pos_embed`` parameters) get one for that grid
-with ``with_pos_embed=True``. :func:`resample_pos_embed` moves any table between grids: a sin-cos
-table is recomputed, a learned one interpolated bicubically with timm's ``resample_abs_pos_embed``.
+Position table: the MAE encoder's is a fixed 2-D sin-cos function of the patch grid
+(:func:`~rsfm_ds.models.vit.sincos_pos_embed_2d`), a non-persistent buffer, so MAE checkpoints hold
+none and by default the converted file stores none either. ``VisionTransformer`` and
+``ViTDetBackbone(abs_pos="sincos")`` recompute it exactly for any grid; ``ViTDetBackbone(abs_pos=
+"interpolate")`` (detectron2's ViTDet) trains a table at its pretraining grid that starts as the
+sin-cos table of that grid, i.e. the MAE's own table when ``pretrain_img_size`` is the MAE's
+resolution. ``with_pos_embed=True`` stores the table ``[1, 1 + g*g, D]`` (zero class row, the
+MAE / timm layout) for the ``img_size`` grid, by default the pretraining resolution, i.e. exactly
+the table the MAE used; ``load_backbone`` loads a stored table into an ``interpolate`` backbone,
+dropping the class row and resizing it bicubically when its grid differs (:func:`fit_pos_embed`).
+``img_size`` is recorded in the sidecar. :func:`resample_pos_embed` moves any ViT-layout table
+between grids: a sin-cos table is recomputed, a learned one interpolated bicubically with timm's
+``resample_abs_pos_embed``.
 
 Sidecar ``<out>.json`` (format version 1): ``format``, ``format_version``, ``preset``, ``step``,
 ``samples_seen``, ``world_size``, ``source``, ``img_size``, ``patch_size``, ``grid``, ``dtype``,
@@ -155,6 +161,48 @@ def resample_pos_embed(pos_embed: torch.Tensor, dst_grid: Sequence[int], num_pre
                                   num_prefix_tokens=num_prefix_tokens)
 
 
+def pos_embed_key(names: Iterable[str]) -> Optional[str]:
+    """The key of a stored absolute position table (``pos_embed`` or MAE ``encoder.pos_embed``),
+    if the source has one (files with ``with_pos_embed``, facebookresearch/mae and timm files)."""
+    names = set(names)
+    for key in ("pos_embed", "encoder.pos_embed"):
+        if key in names:
+            return key
+    return None
+
+
+def fit_pos_embed(pos_embed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A stored position table as a ViTDet table of ``shape`` ``[1, gh, gw, D]``.
+
+    Accepts the ViT layout ``[1, (1 +) h*w, D]`` of MAE / timm (a class-token row, recognised by
+    the length being one more than a square, is dropped, as detectron2's ``get_abs_pos`` does)
+    and the ViTDet layout ``[1, h, w, D]``, then resizes the square grid bicubically to
+    ``(gh, gw)`` (:func:`~rsfm_ds.models.vitdet.resample_pos_table`), as timm's
+    ``checkpoint_filter_fn`` of ``vision_transformer_sam.py`` does on load.
+
+    Raises:
+        CheckpointError: the table is neither layout or its width is not ``D``.
+    """
+    from ..models.vitdet import resample_pos_table
+
+    shape = tuple(int(s) for s in shape)
+    table = pos_embed
+    if table.ndim == 3 and table.shape[0] == 1:
+        length = table.shape[1]
+        side = math.isqrt(length)
+        if side * side != length:
+            side = math.isqrt(length - 1)
+            if side * side != length - 1:
+                raise CheckpointError(f"pos_embed of shape {tuple(table.shape)}: {length} rows are neither "
+                                      f"a square grid nor a class token and a square grid")
+            table = table[:, 1:]
+        table = table.reshape(1, side, side, table.shape[-1])
+    if table.ndim != 4 or table.shape[0] != 1 or table.shape[-1] != shape[-1]:
+        raise CheckpointError(f"pos_embed of shape {tuple(pos_embed.shape)} does not fit the backbone's "
+                              f"table {shape}")
+    return resample_pos_table(table, shape[1:3]).contiguous()
+
+
 def convert_backbone(src: Union[str, Path], out: Path, *, kind: str, tag: Optional[str] = None,
                      dtype: str = "fp32", img_size: Optional[int] = None, with_pos_embed: bool = False
                      ) -> ConversionResult:
@@ -246,4 +294,5 @@ def _int_or_none(value: Optional[str]) -> Optional[int]:
 
 
 __all__ = ["map_to_backbone", "preset_shapes", "first_mismatch", "infer_preset", "check_preset",
-           "resample_pos_embed", "convert_backbone", "mae_to_backbone", "POS_EMBED_NOTE"]
+           "resample_pos_embed", "pos_embed_key", "fit_pos_embed", "convert_backbone", "mae_to_backbone",
+           "POS_EMBED_NOTE"]

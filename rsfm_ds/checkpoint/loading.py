@@ -11,7 +11,12 @@ checkpoint directory, a timm file) and maps keys with the rules of
   ``VisionTransformer``'s classifier ``head``); keys of the model outside ``prefix`` (detection or
   segmentation heads) are never expected. Checkpoint keys with no place in the backbone are
   unexpected (an error when strict), except those dropped by design (MAE decoder, mask token,
-  stored position table, classifier head, and the class token for backbones without one);
+  classifier head, the class token for backbones without one, and a stored position table for
+  backbones whose table is fixed);
+* fills a backbone's trainable position table (``ViTDetBackbone`` with ``abs_pos="interpolate"``)
+  from a stored ``pos_embed``, dropping a class-token row and resizing it bicubically to the
+  backbone's table grid (:func:`~rsfm_ds.checkpoint.backbone.fit_pos_embed`); without one in the
+  checkpoint the table keeps its sin-cos start;
 * copies per module. Under ZeRO-3 each parameter holds only its rank's partition (``numel()`` is
   0 and ``load_state_dict`` fails with "size mismatch ... [0]"), so for each module with
   partitioned parameters all ranks enter ``deepspeed.zero.GatheredParameters(params,
@@ -31,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, few
-from .backbone import map_to_backbone
+from .backbone import fit_pos_embed, map_to_backbone, pos_embed_key
 from .sources import TensorSource, open_source
 
 
@@ -111,10 +116,21 @@ def load_backbone(model: nn.Module, path: Union[str, Path], strict_backbone: boo
             dropped.append(src)
         else:
             report.unexpected_keys.append(dst)
+    # A stored position table fills a backbone that trains one (ViTDet's "interpolate" table),
+    # resized to its grid; backbones with a fixed table keep dropping it.
+    pos_key = pos_embed_key(infos)
+    if pos_key is not None and "pos_embed" in targets:
+        dropped.remove(pos_key)
+        provided["pos_embed"] = pos_key
     report.dropped_keys = dropped
 
     for key, tensor in targets.items():
-        if key in provided and tuple(infos[provided[key]].shape) != _shape(tensor):
+        if key == "pos_embed" and key in provided:  # any grid: only the width must agree
+            have = tuple(infos[provided[key]].shape)
+            if have[-1] != _shape(tensor)[-1]:
+                raise CheckpointError(f"{path}: backbone key {prefix + key!r} has shape {have} in the checkpoint "
+                                      f"but {_shape(tensor)} in the model: another width")
+        elif key in provided and tuple(infos[provided[key]].shape) != _shape(tensor):
             preset = source.metadata.get("preset")
             raise CheckpointError(
                                   f"{path}: backbone key {prefix + key!r} has shape {tuple(infos[provided[key]].shape)} in the "
@@ -150,7 +166,10 @@ def _copy(tensors: List[Tuple[str, torch.Tensor]], local: str, provided: Dict[st
           source: TensorSource) -> None:
     with torch.no_grad():
         for name, tensor in tensors:
-            tensor.data.copy_(source.get(provided[local + name]))
+            value = source.get(provided[local + name])
+            if local + name == "pos_embed":
+                value = fit_pos_embed(value, _shape(tensor))
+            tensor.data.copy_(value)
 
 
 __all__ = ["LoadReport", "load_backbone", "new_backbone_keys"]

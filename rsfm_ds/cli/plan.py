@@ -16,6 +16,7 @@ from .common import verb
 _FLAGS = {"preset": "--preset", "task": "--task", "gpus": "--gpus", "gpu_mem_gb": "--gpu-mem",
           "micro_batch": "--micro-batch", "img_size": "--img-size", "dtype": "--dtype",
           "device": "--device", "zero_stage": "--zero-stage", "window_size": "--window-size",
+          "rel_pos": "--no-rel-pos",
           "num_classes": "--num-classes", "objects": "--objects", "overhead_gb": "--overhead-gb",
           "offload": "--offload", "zero_init": "--zero-init", "ds_config": "--ds-config",
           "mode": "--forward-only"}
@@ -60,6 +61,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--zero-init", choices=["auto", "on", "off"], default="auto",
                    help="model built under deepspeed.zero.Init (default: on above 700M backbone parameters)")
     p.add_argument("--window-size", type=int, default=None, help="ViTDet window (default 7 det, 14 seg)")
+    p.add_argument("--no-rel-pos", action="store_true",
+                   help="ViTDet without relative position bias (backbone.use_rel_pos=false)")
     p.add_argument("--num-classes", type=int, default=None, help="head classes (default 18 det, 6 seg)")
     p.add_argument("--objects", type=int, default=100,
                    help="ground-truth boxes per image for the detector's anchor assignment (default 100)")
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
             device=args.device, ds_config=args.ds_config, zero_stage=args.zero_stage,
             fused_attn=not args.no_fused_attn,
             zero_init={"auto": None, "on": True, "off": False}[args.zero_init],
-            window_size=args.window_size, num_classes=args.num_classes, objects=args.objects,
+            window_size=args.window_size, rel_pos=False if args.no_rel_pos else None,
+            num_classes=args.num_classes, objects=args.objects,
             overhead_gb=args.overhead_gb, mode="forward" if args.forward_only else "train")
         plan = plan_memory(req)
         rec = recommend(replace(req, zero_stage=None, offload=False)) \

@@ -11,16 +11,27 @@ pretrained ViT unchanged and adapt it in three ways, all reproduced here:
   Padding tokens are zeros after the block's norm and are *attended*, not masked, as in ViTDet and
   SAM: with no qkv bias a padding token has key and value 0, so it adds ``exp(0)`` to every
   softmax denominator of its window and nothing to the numerators.
-* **Position table for the input grid.** The encoder's table is a fixed 2-D sin-cos function of the
-  grid (:func:`~rsfm_ds.models.vit.sincos_pos_embed_2d`), so it is recomputed exactly for any
-  input size rather than interpolated; it is never loaded from a checkpoint.
+* **Absolute position table stretched to the input grid** (``abs_pos="interpolate"``, the
+  default, as detectron2's ``detectron2/modeling/backbone/vit.py`` with ``utils.py:get_abs_pos``).
+  The backbone holds the pretrained table at the *pretraining* grid
+  (``pretrain_img_size / patch_size`` a side, class-token row dropped) as a trainable parameter and
+  resizes it bicubically (``align_corners=False``) to the grid of every input. From scratch, and
+  when a checkpoint carries no table (this project's MAE keeps its fixed table as a buffer), it
+  starts from the 2-D sin-cos table of the pretraining grid, which is what the encoder was
+  pretrained with. ``abs_pos="sincos"`` instead recomputes the fixed sin-cos function exactly for
+  the input grid (a buffer, never trained, never loaded).
 * **Simple feature pyramid** ("scale blocks") from the last block's output: stride 4 by two 2x2
   transposed convolutions (norm + GELU between), stride 8 by one, stride 16 as is, stride 32 by 2x2
   max-pooling, each followed by a 1x1 and a 3x3 convolution, each with a channel LayerNorm, to a
   common width; an optional stride-64 level max-pools the stride-32 map (for RPN anchors).
 
-Optional decomposed relative position bias (MViTv2 / SAM) is off by default because MAE weights
-have none; its tables start at zero so that turning it on starts from the pretrained function.
+Decomposed relative position bias (MViTv2 / SAM; detectron2's ``utils.py:add_decomposed_rel_pos``)
+in every attention, window and global (``use_rel_pos``): tables sized for the window in window
+blocks and for the ``img_size`` grid in global blocks, zero-initialised so that turning it on starts
+from the pretrained function (MAE weights have none), and resampled linearly when a global block
+runs on another grid (``utils.py:get_rel_pos``). :class:`ViTDetConfig` turns it on, as the ViTDet
+recipes do (detectron2's ``configs/common/models/mask_rcnn_vitdet.py``); the constructor's
+default is off, as detectron2's ``ViT`` class.
 
 The class token of the pretrained encoder is dropped (windows have no place for it). The final
 encoder ``norm`` is kept and applied before the pyramid, as RVSA / MTP do for MAE backbones
@@ -39,7 +50,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -47,7 +58,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d, PatchEmbed
 
-from ..config import check
+from ..config import check, check_choices
 from .presets import PRESETS, get_preset
 from .vit import Attention, VisionTransformer, make_block, sincos_pos_embed_2d
 
@@ -82,6 +93,32 @@ def window_unpartition(windows: torch.Tensor, window_size: int, padded_hw: Tuple
     x = windows.reshape(-1, nh, nw, window_size, window_size, c).transpose(2, 3)
     x = x.reshape(-1, hp, wp, c)
     return x[:, :hw[0], :hw[1], :].contiguous()
+
+
+ABS_POS_MODES = ("interpolate", "sincos")
+
+
+def resample_pos_table(table: torch.Tensor, grid_hw: Sequence[int]) -> torch.Tensor:
+    """Resize a position table to another patch grid, as detectron2's ``utils.py:get_abs_pos``.
+
+    Bicubic with ``align_corners=False`` and no antialiasing (timm's ``resample_abs_pos_embed``
+    with ``antialias=False``; timm's default ``antialias=True`` uses another cubic kernel). The
+    interpolation runs in fp32 (bicubic kernels need it on some devices) and the result has the
+    table's dtype; gradients flow back to the table.
+
+    Args:
+        table: ``[1, h, w, D]``.
+        grid_hw: ``(gh, gw)``.
+
+    Returns:
+        ``[1, gh, gw, D]``; ``table`` itself when the grid is already ``(h, w)``.
+    """
+    grid = (int(grid_hw[0]), int(grid_hw[1]))
+    if tuple(table.shape[1:3]) == grid:
+        return table
+    out = F.interpolate(table.permute(0, 3, 1, 2).float(), size=grid, mode="bicubic",
+                        align_corners=False)  # [1, D, gh, gw]
+    return out.permute(0, 2, 3, 1).to(table.dtype)
 
 
 def relative_position_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
@@ -283,8 +320,9 @@ class ViTDetBackbone(nn.Module):
     4, 8, 16, 32 (, 64) and exactly ``H/stride`` when ``H`` is a multiple of the coarsest stride.
 
     Args:
-        img_size: resolution the registered position table (and global relative-position tables)
-            are built for; other sizes run with their own exact table.
+        img_size: fine-tuning resolution: the global blocks' relative-position tables are sized
+            for its grid (other input sizes resample them); with ``abs_pos="sincos"`` also the
+            grid of the registered table.
         patch_size: patch side in pixels.
         in_chans: input channels.
         embed_dim: token width D.
@@ -300,6 +338,13 @@ class ViTDetBackbone(nn.Module):
         fused_attn: ``scaled_dot_product_attention`` (True) or explicit softmax (False).
         out_channels: width of every pyramid level.
         extra_p6: add the stride-64 max-pooled level (detection).
+        abs_pos: ``"interpolate"``: a trainable table ``pos_embed [1, pg, pg, D]`` at the
+            pretraining grid ``pg = pretrain_img_size / patch_size``, resized bicubically to each
+            input grid (detectron2's ViTDet); ``"sincos"``: the fixed sin-cos table computed for
+            each input grid (a buffer, not trained).
+        pretrain_img_size: pretraining resolution, which sets the grid of the ``interpolate``
+            table (224 as detectron2's ``ViT``); match the checkpoint's so that its table loads
+            without resampling.
     """
 
     # Reused as is: both act on ``self.blocks`` and do not care about the token layout.
@@ -311,8 +356,12 @@ class ViTDetBackbone(nn.Module):
                  num_branches: int = 1, qkv_bias: bool = False, drop_path_rate: float = 0.1,
                  window_size: int = 14, global_attn_indexes: Sequence[int] = (2, 5, 8, 11),
                  use_rel_pos: bool = False, fused_attn: bool = True, out_channels: int = 256,
-                 extra_p6: bool = False):
+                 extra_p6: bool = False, abs_pos: str = "interpolate", pretrain_img_size: int = 224):
         super().__init__()
+        if abs_pos not in ABS_POS_MODES:
+            raise ValueError(f"abs_pos must be one of {ABS_POS_MODES}, got {abs_pos!r}")
+        if pretrain_img_size < patch_size:
+            raise ValueError(f"pretrain_img_size {pretrain_img_size} is smaller than a patch ({patch_size})")
         if window_size < 1:
             raise ValueError(f"window_size must be >= 1, got {window_size}")
         bad = [i for i in global_attn_indexes if not 0 <= i < depth]
@@ -331,10 +380,18 @@ class ViTDetBackbone(nn.Module):
                                       embed_dim=embed_dim, output_fmt="NHWC", strict_img_size=False,
                                       dynamic_img_pad=True)
         grid = tuple(self.patch_embed.grid_size)
-        # Not persistent: a pure function of the grid. Built on the default device so that a model
-        # created under ``torch.device(...)`` (meta included) has its table there too.
-        self.register_buffer("pos_embed", self._table(grid).to(torch.get_default_device()),
-                             persistent=False)
+        self.abs_pos = abs_pos
+        self.pretrain_grid = (pretrain_img_size // patch_size,) * 2
+        # Built on the default device so that a model created under ``torch.device(...)`` (meta
+        # included) has its table there too.
+        if abs_pos == "interpolate":
+            # A parameter, trained in fine-tuning as in ViTDet, at the pretraining grid so that a
+            # pretrained table loads as is; forward resizes it to the input grid.
+            self.pos_embed = nn.Parameter(self._table(self.pretrain_grid).to(torch.get_default_device()))
+        else:
+            # Not persistent: a pure function of the grid.
+            self.register_buffer("pos_embed", self._table(grid).to(torch.get_default_device()),
+                                 persistent=False)
         dpr = np.linspace(0, drop_path_rate, depth).tolist()
         # Global layers get window_size 0; every branch of a layer shares its attn_layer.
         self.blocks = nn.ModuleList([
@@ -359,11 +416,16 @@ class ViTDetBackbone(nn.Module):
 
         One module at a time, as :meth:`VisionTransformer.init_module`, so that an engine can gather
         each module's ZeRO-3 partitions around the call. Encoder: MAE's rules (patch projection as
-        a linear layer and linear layers xavier with zero bias, norms at identity); relative
-        position tables zero; pyramid 1x1 / 3x3 convolutions as detectron2's ``c2_msra_fill``
+        a linear layer and linear layers xavier with zero bias, norms at identity); the
+        ``interpolate`` position table the sin-cos table of the pretraining grid (the fixed table
+        MAE pretrains with; detectron2 draws it from a truncated normal of std 0.02 instead);
+        relative position tables zero; pyramid 1x1 / 3x3 convolutions as detectron2's ``c2_msra_fill``
         (kaiming normal, fan out); transposed convolutions at PyTorch's default.
         """
-        if m is self.patch_embed.proj:
+        if m is self and self.abs_pos == "interpolate":
+            with torch.no_grad():
+                self.pos_embed.copy_(self._table(self.pretrain_grid))
+        elif m is self.patch_embed.proj:
             nn.init.xavier_uniform_(m.weight.view([m.weight.shape[0], -1]))
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
@@ -386,7 +448,11 @@ class ViTDetBackbone(nn.Module):
         return table.reshape(1, grid_hw[0], grid_hw[1], self.embed_dim)
 
     def pos_embed_for(self, grid_hw: Sequence[int]) -> torch.Tensor:
-        """Position table ``[1, gh, gw, D]`` for a patch grid, on the model's buffer device."""
+        """Position table ``[1, gh, gw, D]`` for a patch grid, on the table's device: the
+        ``interpolate`` parameter resized bicubically (:func:`resample_pos_table`), or the sin-cos
+        table of the grid."""
+        if self.abs_pos == "interpolate":
+            return resample_pos_table(self.pos_embed, grid_hw)
         if tuple(grid_hw) == tuple(self.pos_embed.shape[1:3]):
             return self.pos_embed
         return self._table(tuple(grid_hw)).to(self.pos_embed.device)
@@ -417,10 +483,20 @@ class ViTDetConfig:
     """Blocks with global attention; null takes the preset's (the last block of each quarter)."""
     drop_path_rate: float = 0.1
     """Stochastic depth at the last block."""
-    use_rel_pos: bool = False
-    """Decomposed relative position bias (new, zero-initialised parameters)."""
+    use_rel_pos: bool = True
+    """Decomposed relative position bias in window and global blocks (new, zero-initialised
+    parameters), on as in detectron2's configs/common/models/mask_rcnn_vitdet.py (the ViTDet
+    recipes). The paper's available text does not say whether its fine-tuning uses it; false
+    runs the plain MAE encoder."""
     out_channels: int = 256
     """Width of every pyramid level."""
+    abs_pos: Literal["interpolate", "sincos"] = "interpolate"
+    """Absolute position table: "interpolate" keeps the pretrained table at the pretraining grid
+    as a trainable parameter and resizes it bicubically to the input grid (detectron2's
+    get_abs_pos); "sincos" computes the fixed sin-cos table of the input grid (never trained)."""
+    pretrain_img_size: int = 224
+    """Pretraining resolution in pixels: the grid of the "interpolate" table (224 as detectron2's
+    ViT); set it to the MAE run's img_size so that the pretrained table is used as it was."""
 
     def __post_init__(self):
         check(self.preset in PRESETS, "preset", f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
@@ -432,12 +508,17 @@ class ViTDetConfig:
             check(all(0 <= i < depth for i in self.global_attn_indexes), "global_attn_indexes",
                   f"must be block indexes in [0, {depth}), got {self.global_attn_indexes}")
         check(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
+        check_choices(self)
+        patch = PRESETS[self.preset].patch_size
+        check(self.pretrain_img_size > 0 and self.pretrain_img_size % patch == 0, "pretrain_img_size",
+              f"must be a positive multiple of the patch size {patch}, got {self.pretrain_img_size}")
 
     def build(self, extra_p6: bool = False) -> "ViTDetBackbone":
         """The backbone; ``extra_p6`` adds the stride-64 level (detection)."""
         return create_vitdet(self.preset, self.img_size, window_size=self.window_size,
                              global_attn_indexes=self.global_attn_indexes, drop_path_rate=self.drop_path_rate,
-                             out_channels=self.out_channels, use_rel_pos=self.use_rel_pos, extra_p6=extra_p6)
+                             out_channels=self.out_channels, use_rel_pos=self.use_rel_pos, extra_p6=extra_p6,
+                             abs_pos=self.abs_pos, pretrain_img_size=self.pretrain_img_size)
 
 
 def create_vitdet(preset: str, img_size: int, window_size: int = 14,
@@ -456,7 +537,8 @@ def create_vitdet(preset: str, img_size: int, window_size: int = 14,
         out_channels: pyramid width.
         use_rel_pos: decomposed relative position bias (new, zero-initialised parameters).
         extra_p6: add the stride-64 level.
-        **overrides: any other :class:`ViTDetBackbone` argument (``qkv_bias``, ``fused_attn``...).
+        **overrides: any other :class:`ViTDetBackbone` argument (``qkv_bias``, ``fused_attn``,
+            ``abs_pos``, ``pretrain_img_size``...).
     """
     p = get_preset(preset)
     if global_attn_indexes is None:
@@ -469,11 +551,14 @@ def create_vitdet(preset: str, img_size: int, window_size: int = 14,
 
 
 def new_parameter_names(model: ViTDetBackbone) -> List[str]:
-    """Backbone keys no pretrained encoder has: the pyramid and relative-position tables."""
-    return [k for k in model.state_dict() if k.startswith("pyramid.") or ".rel_pos_" in k]
+    """Backbone keys a pretrained encoder need not provide: the pyramid, the relative-position
+    tables and the ``interpolate`` position table (this project's encoders keep their fixed table
+    as a buffer, so their checkpoints hold none; the backbone then keeps its sin-cos start)."""
+    return [k for k in model.state_dict()
+            if k.startswith("pyramid.") or ".rel_pos_" in k or k == "pos_embed"]
 
 
 __all__ = ["ViTDetConfig", "ViTDetAttention", "ViTDetBackbone", "SimpleFeaturePyramid", "ScaleBlock",
            "create_vitdet", "new_parameter_names",
            "window_partition", "window_unpartition", "decomposed_rel_pos_bias",
-           "relative_position_table"]
+           "relative_position_table", "resample_pos_table", "ABS_POS_MODES"]

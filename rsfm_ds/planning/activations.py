@@ -18,7 +18,7 @@ peak is the maximum over its phases of ``saved-at-that-moment + working memory``
 What is *not* modelled (each is below 1% of the total for the shipped configs): parameters saved by
 their layers (counted as gathered parameters by the memory model, not as activations), 0-d tensors
 and shapes, int64 gather indexes of the MAE (one per kept/restored token), the BatchNorm running
-statistics, and the decomposed relative position bias of ViTDet (off by default: ``use_rel_pos``).
+statistics, and the relative-position tables and their int64 offset indexes (per batch, a few kB).
 """
 from __future__ import annotations
 
@@ -132,6 +132,12 @@ class LayerSpec:
         stores_scores: whether the attention stores the ``heads x group x group`` probability
             matrix for the backward pass; true for explicit softmax, and for a fused kernel only
             on a device profile whose SDPA backend falls back to the math path.
+        rel_pos: ViTDet's decomposed relative position bias: a float ``heads x group x group``
+            mask built per attention group from ``q`` (two permuted copies of ``q`` saved by its
+            einsums) and handed to the attention.
+        masked_math: with such a mask, the fused attention runs the math path (it does on a CPU:
+            the flash kernel takes no gradient-carrying mask) and saves what explicit softmax
+            saves; false where a memory-efficient kernel takes it (CUDA), which saves the mask.
     """
 
     tokens: int
@@ -143,6 +149,18 @@ class LayerSpec:
     grid: Optional[Tuple[int, int]] = None
     fused: bool = True
     stores_scores: bool = False
+    rel_pos: bool = False
+    masked_math: bool = False
+
+    @property
+    def explicit(self) -> bool:
+        """Whether the attention saves what explicit softmax saves."""
+        return not self.fused or (self.rel_pos and self.masked_math)
+
+    @property
+    def scores(self) -> int:
+        """Elements of one sample's ``heads x group x group`` matrices (probabilities or mask)."""
+        return self.heads * self.group * self.attn_tokens
 
     @property
     def attn_tokens(self) -> int:
@@ -177,22 +195,27 @@ def layer_saved(s: LayerSpec) -> Elems:
       ``na D``; explicit: + q, k, v copies ``3 na D`` + probabilities ``heads x w^2 x na``; then
       the unpartitioned, cropped output (the projection's input) ``n D``.
 
+    With relative position (``rel_pos``): + two permuted copies of ``q`` (``2 na D``, saved by the
+    bias einsums); the attention then saves what explicit softmax saves where the mask sends it to
+    the math path (``masked_math``, a CPU), else the fused path's tensors and the mask itself.
+
     Per MLP branch: the norm output ``n D``, fc1's output (GELU's input) ``n M`` and GELU's output
     (fc2's input) ``n M``. Every LayerNorm saves fp32 mean and rstd (``2 n``). Branch outputs are
     stacked and summed, and drop path multiplies by a per-sample mask: none of that is saved.
     """
     n, d, m, h, br = s.tokens, s.dim, s.mlp, s.heads, s.branches
     na = s.attn_tokens
-    scores = s.stores_scores or not s.fused
     out = Elems(act=2 * n * d)
     if s.window:
-        attn = Elems(act=(5 if s.fused else 4) * na * d + n * d)
+        attn = Elems(act=(4 if s.explicit else 5) * na * d + n * d)
     else:
         attn = Elems(act=5 * n * d)
-    if scores:
-        attn = attn + Elems(act=h * s.group * na)
+    if s.stores_scores or s.explicit:
+        attn = attn + Elems(act=s.scores)
     else:
         attn = attn + Elems(f32=h * na)
+    if s.rel_pos:
+        attn = attn + Elems(act=2 * na * d + (0 if s.explicit else s.scores))
     mlp = Elems(act=n * d + 2 * n * m)
     norms = Elems(f32=2 * n * 2)  # one norm in each attention and each MLP branch
     return out + br * (attn + mlp + norms)
@@ -206,14 +229,16 @@ def layer_working(s: LayerSpec) -> Elems:
     GELU's output and input (``2 n M``) while the incoming gradient, the norm-output gradient and
     the accumulated input gradient (``3 n D``) live. Backward of an attention branch: the q, k, v
     gradients and the output gradient (``4 na D``), the incoming and accumulated gradients
-    (``2 n D``), and with explicit softmax two probability-sized gradients.
+    (``2 n D``), and with explicit softmax two probability-sized gradients. A relative-position
+    mask lives through the forward and has a gradient in the backward (one more of that size).
     """
     n, d, m, br = s.tokens, s.dim, s.mlp, s.branches
     na = s.attn_tokens
-    scores = s.heads * s.group * na if (s.stores_scores or not s.fused) else 0
-    forward = (2 * br + 1) * n * d + scores
+    scores = s.scores if (s.stores_scores or s.explicit) else 0
+    mask = s.scores if s.rel_pos else 0
+    forward = (2 * br + 1) * n * d + scores + mask
     backward_mlp = 2 * n * m + 3 * n * d
-    backward_attn = 4 * na * d + 2 * n * d + 2 * scores
+    backward_attn = 4 * na * d + 2 * n * d + 2 * scores + mask
     return Elems(act=max(forward, backward_mlp, backward_attn))
 
 
@@ -305,11 +330,13 @@ def mae_activations(*, dim: int, mlp: int, heads: int, depth: int, branches: int
 
 def vitdet_layers(*, img_size: int, patch_size: int, dim: int, mlp: int, heads: int, depth: int,
                   branches: int, window: int, global_layers: Sequence[int], fused: bool = True,
-                  stores_scores: bool = False) -> List[LayerSpec]:
+                  stores_scores: bool = False, rel_pos: bool = False,
+                  masked_math: bool = False) -> List[LayerSpec]:
     """The layers of a ViTDet backbone at ``img_size`` (``ceil(S / p)`` tokens a side)."""
     g = math.ceil(img_size / patch_size)
     return [LayerSpec(g * g, dim, mlp, heads, branches, window=0 if i in global_layers else window,
-                      grid=(g, g), fused=fused, stores_scores=stores_scores) for i in range(depth)]
+                      grid=(g, g), fused=fused, stores_scores=stores_scores, rel_pos=rel_pos,
+                      masked_math=masked_math) for i in range(depth)]
 
 
 def pyramid_saved(*, img_size: int, patch_size: int, dim: int, out_channels: int,
@@ -514,7 +541,8 @@ def forward_only_activations(layers: Sequence[LayerSpec], extra: Elems = Elems()
     def work(s: LayerSpec) -> Elems:
         na = s.attn_tokens
         widest = max(2 * s.tokens * s.mlp, 4 * na * s.dim
-                     + (s.heads * s.group * na if (s.stores_scores or not s.fused) else 0))
+                     + (s.scores if (s.stores_scores or s.explicit) else 0)
+                     + (s.scores if s.rel_pos else 0))
         return Elems(act=(2 * s.branches + 2) * s.tokens * s.dim + widest)
 
     peak = max((work(s) for s in layers), key=lambda e: e.bytes(2))

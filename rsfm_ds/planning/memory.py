@@ -72,7 +72,8 @@ def _activations(req: PlanRequest, profile: DeviceProfile) -> ActivationEstimate
                            heads=p.num_heads, depth=p.depth, branches=p.num_branches,
                            window=req.resolved("window_size"),
                            global_layers=p.global_attn_indexes, fused=req.fused_attn,
-                           stores_scores=stores)
+                           stores_scores=stores, rel_pos=req.resolved("rel_pos"),
+                           masked_math=profile.masked_attention_is_math)
     if req.mode == "forward":
         return forward_only_activations(layers, Elems(act=3 * img * img))
     return finetune_activations(req.task, layers, img_size=img, patch_size=p.patch_size,

@@ -31,6 +31,9 @@ class DeviceProfile:
             flash / memory-efficient kernel serves the dtype, which is the case for bf16, fp16
             and fp32 on CUDA (memory-efficient kernel for fp32) and on CPU (flash-attention CPU
             kernel) in torch 2.x; explicit-softmax attention always stores them).
+        masked_attention_is_math: whether ``scaled_dot_product_attention`` with a float mask that
+            needs a gradient (ViTDet's relative position) runs the math path, storing the
+            probabilities (true on a CPU, measured; CUDA's memory-efficient kernel takes the mask).
         margin: fraction of the device kept free for allocator fragmentation when deciding what
             fits.
         step_overhead_bytes: runtime memory that appears with the first training step (kernel
@@ -46,6 +49,7 @@ class DeviceProfile:
     buffers_touched_only: bool
     heap_retention: float
     fused_attention_stores_scores: bool = False
+    masked_attention_is_math: bool = False
     margin: float = 0.05
     step_overhead_bytes: float = 0.0
     host_is_device: bool = False
@@ -67,7 +71,7 @@ GPU_PROFILE = DeviceProfile(
 # glibc's heap statistics show 1.3-1.6x).
 CPU_PROFILE = DeviceProfile(
     name="cpu", overhead_bytes=0.80 * GB, buffers_touched_only=True, heap_retention=1.4,
-    margin=0.05, step_overhead_bytes=0.07 * GB, host_is_device=True,
+    margin=0.05, step_overhead_bytes=0.07 * GB, host_is_device=True, masked_attention_is_math=True,
     notes="runtime RSS of a rank, measured on the project machine")
 
 PROFILES = {"gpu": GPU_PROFILE, "cpu": CPU_PROFILE}

@@ -13,9 +13,9 @@ DEVICES = ("gpu", "cpu")
 MODES = ("train", "forward")
 
 TASK_DEFAULTS = {  # from configs/: pretrain/base.yaml, det/recipe.yaml, seg/base.yaml
-    "pretrain": dict(img_size=224, window_size=0, num_classes=0),
-    "det": dict(img_size=1024, window_size=7, num_classes=18),   # DOTA v2.0, 18 classes
-    "seg": dict(img_size=512, window_size=14, num_classes=6),    # Potsdam, 6-class protocol
+    "pretrain": dict(img_size=224, window_size=0, num_classes=0, rel_pos=False),
+    "det": dict(img_size=1024, window_size=7, num_classes=18, rel_pos=True),   # DOTA v2.0, 18 classes
+    "seg": dict(img_size=512, window_size=14, num_classes=6, rel_pos=True),    # Potsdam, 6-class protocol
 }
 
 
@@ -42,6 +42,8 @@ class PlanRequest:
         zero_init: model built under ``deepspeed.zero.Init``; ``None``: as the shipped configs (on
             above 700M backbone parameters).
         window_size: ViTDet window side in tokens (7 det, 14 seg by default).
+        rel_pos: ViTDet's decomposed relative position bias (``backbone.use_rel_pos``; on for det
+            and seg by default, as the configs; never in pretraining).
         num_classes: classes of the fine-tuning head (18 det: DOTA v2.0; 6 seg: Potsdam).
         objects: ground-truth boxes per image in the detector's anchor assignment.
         overhead_gb: framework overhead per device in GB; ``None`` takes the profile's.
@@ -64,6 +66,7 @@ class PlanRequest:
     fused_attn: bool = True
     zero_init: Optional[bool] = None
     window_size: Optional[int] = None
+    rel_pos: Optional[bool] = None
     num_classes: Optional[int] = None
     objects: int = 100
     overhead_gb: Optional[float] = None
@@ -89,6 +92,8 @@ class PlanRequest:
               f"must be 0..3, got {self.zero_stage}")
         check(self.window_size is None or self.window_size >= 1, "window_size",
               f"must be >= 1, got {self.window_size}")
+        check(not (self.rel_pos and self.task == "pretrain"), "rel_pos",
+              "the MAE encoder has no relative position bias")
         check(self.num_classes is None or self.num_classes >= 1, "num_classes",
               f"must be >= 1, got {self.num_classes}")
         check(self.objects >= 0, "objects", f"must be >= 0, got {self.objects}")
