@@ -17,10 +17,10 @@ from typing import List, Optional
 
 from ..errors import RunError, UserError
 from . import (convert, datasets, dota, evaluate, finetune, models, plan, potsdam, pretrain, report, shards, study,
-               synth)
+               submit, synth)
 
 # Verb groups in the order `rsfm --help` lists them.
-GROUPS = (models, pretrain, synth, shards, datasets, potsdam, dota, finetune, evaluate,
+GROUPS = (models, pretrain, synth, shards, datasets, potsdam, dota, finetune, evaluate, submit,
           convert, report, study, plan)
 
 

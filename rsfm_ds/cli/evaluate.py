@@ -1,4 +1,5 @@
-"""``rsfm eval det|seg``: the benchmarks' metrics over prediction files."""
+"""``rsfm eval det|seg``: the benchmarks' metrics over prediction files; ``rsfm eval dior|potsdam``: a
+fine-tuned checkpoint run on a benchmark's public test set and scored the same way."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 from .common import verb
+from .submit import add_inference_arguments, inference_options
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -13,6 +15,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     group = p.add_subparsers(dest="eval_task", required=True, metavar="TASK")
     _det(group)
     _seg(group)
+    _dior(group)
+    _potsdam(group)
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -78,6 +82,51 @@ def _seg(group: argparse._SubParsersAction) -> None:
         print(format_result(result))
         if args.json is not None:
             _write_json(args.json, result.to_json())
+        return 0
+
+    verb(p, run)
+
+
+def _dior(group: argparse._SubParsersAction) -> None:
+    p = group.add_parser("dior", help="run a fine-tuned checkpoint on the DIOR-R test set and score it (DOTA "
+                                      "devkit protocol); writes Task1 files and metrics.json")
+    add_inference_arguments(p, "configs/det/dior_vit_l12x4.yaml")
+    p.add_argument("--out", required=True, help="folder for task1/Task1_<class>.txt and metrics.json")
+    p.add_argument("--root", default=None, help="the DIOR-R root (default: the config's data.root)")
+    p.add_argument("--split", default=None, help="image set to score (default: the config's data.val_split, test)")
+
+    def run(args: argparse.Namespace) -> int:
+        from ..engine.benchmarks import evaluate_dior
+        from ..evaluation.rotated_map import format_map_table
+
+        done = evaluate_dior(args.config, args.checkpoint, args.out, args.overrides, args.tag,
+                             inference_options(args), args.root, args.split)
+        print(format_map_table(done.result))
+        print(f"wrote {done.out_dir / 'task1'} and {done.out_dir / 'metrics.json'}")
+        return 0
+
+    verb(p, run)
+
+
+def _potsdam(group: argparse._SubParsersAction) -> None:
+    p = group.add_parser("potsdam", help="run a fine-tuned checkpoint on the Potsdam test tiles (eroded labels) "
+                                         "and score OA / mIoU / mF1; writes index PNGs and metrics.json")
+    add_inference_arguments(p, "configs/seg/potsdam_vit_l12x4.yaml")
+    p.add_argument("--out", required=True, help="folder for pred/<name>.png and metrics.json")
+    p.add_argument("--root", default=None,
+                   help="`rsfm potsdam prepare --eroded` output (default: the config's data.root); its val split "
+                        "holds the 14 test tiles")
+    p.add_argument("--full-labels", action="store_true",
+                   help="accept a root prepared from the full-reference labels (not the benchmark's protocol)")
+
+    def run(args: argparse.Namespace) -> int:
+        from ..engine.benchmarks import evaluate_potsdam
+        from ..evaluation.seg_metrics import format_result
+
+        done = evaluate_potsdam(args.config, args.checkpoint, args.out, args.overrides, args.tag,
+                                inference_options(args), args.root, args.full_labels)
+        print(format_result(done.result))
+        print(f"wrote {done.out_dir / 'pred'} and {done.out_dir / 'metrics.json'}")
         return 0
 
     verb(p, run)
