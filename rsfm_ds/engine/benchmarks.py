@@ -28,7 +28,7 @@ import torch
 from ..data.det.dataset import DetectionDataset, DetRecord, dior_records, dota_records, select_classes
 from ..data.det.dota import DOTA_CLASS_LISTS, write_task1_dir
 from ..data.det.merge import merge_detections
-from ..data.det.split import IMAGE_EXTENSIONS, parse_patch_name
+from ..data.det.split import IMAGE_EXTENSIONS, is_patch_name
 from ..data.seg.dataset import SegDataset, mmseg_pairs
 from ..data.seg.loveda import LOVEDA_CLASSES, LOVEDA_DOMAINS, list_loveda
 from ..data.seg.potsdam import class_names as potsdam_class_names
@@ -91,14 +91,6 @@ def dota_test_records(images: PathLike, classes: Sequence[str]) -> List[DetRecor
     return [DetRecord(p.stem, p, np.zeros((0, 8)), [], [], labelled=False) for p in files]
 
 
-def _is_patch_name(name: str) -> bool:
-    try:
-        parse_patch_name(name)
-    except ValueError:
-        return False
-    return True
-
-
 def submit_dota(config: PathLike, checkpoint: PathLike, images: PathLike, out: PathLike,
                 overrides: Sequence[str] = (), tag: Optional[str] = None,
                 options: InferenceOptions = InferenceOptions(),
@@ -132,7 +124,7 @@ def submit_dota(config: PathLike, checkpoint: PathLike, images: PathLike, out: P
     dataset = DetectionDataset(records, cfg.backbone.img_size, train=False)
     per_image = predict_detections(loaded, dataset, options)
     detections = to_task1(per_image, loaded.task.classes)
-    patches = all(_is_patch_name(r.image_id) for r in records)
+    patches = all(is_patch_name(r.image_id) for r in records)
     if patch_dets is not None:
         write_task1_dir(patch_dets, detections, dataset_classes)
     # Classes without detections stay out of the merge: merge_detections fails on an empty set.

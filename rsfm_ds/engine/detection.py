@@ -41,7 +41,7 @@ from ..data.det.dataset import (DetectionDataset, DetRecord, collate_detection, 
                                 dota_records, select_classes)
 from ..data.det.dota import DOTA_CLASS_LISTS, load_dota_labels, write_task1_dir
 from ..data.det.merge import merge_detections
-from ..data.det.split import parse_patch_name
+from ..data.det.split import is_patch_name, parse_patch_name
 from ..data.subsets import select_fraction
 from ..errors import DataError, few
 from ..evaluation.detection_results import predict, to_task1
@@ -240,7 +240,7 @@ class DetectionTask(FinetuneTask):
         per_image = {image_id: dets for part in gathered for image_id, dets in part}
         detections = to_task1(per_image, self.classes)
         eval_set = self.eval_dataset()
-        patches = self.cfg.data.dataset != "dior" and all(_is_patch_name(i) for i in per_image)
+        patches = self.cfg.data.dataset != "dior" and all(is_patch_name(i) for i in per_image)
         merged = merge_detections(detections) if patches else None
         if dist.get_rank() == 0:
             if merged is not None:
@@ -281,14 +281,6 @@ class DetectionTask(FinetuneTask):
         if tuple(self.classes) != tuple(dataset_classes):
             records = select_classes(records, dataset_classes, self.classes)
         return {r.image_id: r for r in records}
-
-
-def _is_patch_name(name: str) -> bool:
-    try:
-        parse_patch_name(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _metrics(result: MapResult) -> Dict[str, Any]:

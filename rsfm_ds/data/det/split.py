@@ -196,6 +196,15 @@ def parse_patch_name(name: str, naming: PatchNaming = "auto") -> PatchName:
     return PatchName(m["image"], float(mid), int(m["x"]), int(m["y"]))
 
 
+def is_patch_name(name: str, naming: PatchNaming = "auto") -> bool:
+    """Whether :func:`parse_patch_name` reads ``name`` (an image id that is a patch's)."""
+    try:
+        parse_patch_name(name, naming)
+    except ValueError:
+        return False
+    return True
+
+
 def sliding_windows(width: int, height: int, size: int, gap: int) -> np.ndarray:
     """Windows over a ``width`` x ``height`` image: ``int64 [K, 4]`` ``(x0, y0, x0 + size, y0 + size)``.
 
