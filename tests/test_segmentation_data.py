@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mmcv
 import numpy as np
@@ -380,3 +381,24 @@ def test_seg_dataset_resize_options_are_checked(tmp_path):
         SegDataset([], resize_scale=(0, 512))
     with pytest.raises(ConfigError, match="resize_ratio_range"):
         SegDataset([], resize_scale=(512, 512), resize_ratio_range=(2.0, 0.5))
+
+
+def test_loveda_trains_on_the_splits_the_config_names(tmp_path):
+    """data.train_splits [train, val] (the test-server recipe) reads both release folders; the
+    evaluation split stays one labelled split; a split the dataset lacks names the field."""
+    from rsfm_ds.config import load_config
+    from rsfm_ds.engine.segmentation import SegFinetuneConfig, SegmentationTask
+    from rsfm_ds.errors import ConfigError
+
+    config = Path(__file__).resolve().parents[1] / "configs/seg/potsdam_debug.yaml"
+    synth_loveda(tmp_path, images=3, seed=0, size=128)
+    overrides = [f"data.root={tmp_path}", "data.dataset=loveda", "data.num_classes=7"]
+    images = {split: sorted(s.image.name for s in list_loveda(tmp_path, split)) for split in ("Train", "Val")}
+    for splits, want in ((["train"], images["Train"]), (["train", "val"], images["Train"] + images["Val"])):
+        cfg = load_config(SegFinetuneConfig, config,
+                          overrides + [f"data.train_splits={splits}"])
+        task = SegmentationTask(cfg)
+        assert sorted(p[0].name for p in task.train_dataset().pairs) == sorted(want)
+        assert sorted(p[0].name for p in task.eval_dataset().pairs) == images["Val"]
+    with pytest.raises(ConfigError, match=r"data\.train_splits.*'test'"):
+        load_config(SegFinetuneConfig, config, overrides + ["data.train_splits=[train, test]"])

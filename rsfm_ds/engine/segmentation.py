@@ -31,6 +31,10 @@ from .config import FinetuneConfig, ScheduleConfig
 from .task import FinetuneTask
 
 
+# Our split names -> LoveDA's folders (and the names Potsdam's prepared tree uses as they are).
+SPLIT_FOLDERS = {"train": "Train", "val": "Val"}
+
+
 @dataclass
 class SegDataConfig:
     """Where the segmentation data is and how it is read."""
@@ -40,6 +44,11 @@ class SegDataConfig:
     img_dir/ann_dir layout with index PNGs)."""
     root: str = "data/potsdam_prepared"
     """Dataset root."""
+    train_splits: Tuple[str, ...] = ("train",)
+    """Splits to train on: train and/or val (LoveDA's Train / Val folders; the img_dir/ann_dir
+    sub-folders otherwise). LoveDA's test-server recipe trains on train and val."""
+    val_split: str = "val"
+    """Split to evaluate on (it needs labels: the test splits' are held by the servers)."""
     num_classes: int = 5
     """Scored classes (Potsdam 5 with clutter ignored, or 6; LoveDA 7)."""
     class_names: Optional[Tuple[str, ...]] = None
@@ -73,6 +82,12 @@ class SegDataConfig:
     def __post_init__(self):
         check_choices(self)
         check(self.num_classes > 1, "num_classes", f"must be > 1, got {self.num_classes}")
+        check(len(self.train_splits) > 0 and len(set(self.train_splits)) == len(self.train_splits),
+              "train_splits", f"name one or more distinct splits, got {list(self.train_splits)}")
+        if self.dataset in ("potsdam", "loveda"):
+            for name, splits in (("train_splits", self.train_splits), ("val_split", (self.val_split,))):
+                bad = [x for x in splits if x not in SPLIT_FOLDERS]
+                check(not bad, name, f"{bad} are not splits of {self.dataset} (train, val)")
         check(0 <= self.ignore_index <= 255, "ignore_index", f"must be in 0..255, got {self.ignore_index}")
         check(self.crop_size % 32 == 0, "crop_size", f"must be a multiple of 32, got {self.crop_size}")
         check(0 < self.eval_stride <= self.crop_size, "eval_stride",
@@ -120,15 +135,15 @@ class SegmentationTask(FinetuneTask):
         return SegmentationModel.build(self.cfg.backbone, self.cfg.data.num_classes, self.cfg.head,
                                        self.cfg.data.ignore_index)
 
-    def _pairs(self, split: str):
+    def _pairs(self, splits: Tuple[str, ...]):
         d = self.cfg.data
         if d.dataset == "loveda":
-            return loveda_pairs(d.root, {"train": "Train", "val": "Val"}[split])
-        return mmseg_pairs(d.root, split)
+            return [p for split in splits for p in loveda_pairs(d.root, SPLIT_FOLDERS[split])]
+        return [p for split in splits for p in mmseg_pairs(d.root, split)]
 
     def train_dataset(self) -> SegDataset:
         d = self.cfg.data
-        return SegDataset(self._pairs("train"), train=True, crop_size=d.crop_size, resize_scale=d.resize_scale,
+        return SegDataset(self._pairs(d.train_splits), train=True, crop_size=d.crop_size, resize_scale=d.resize_scale,
                           resize_ratio_range=d.resize_ratio_range, cat_max_ratio=d.cat_max_ratio,
                           photometric=d.photometric, ignore_index=d.ignore_index,
                           reduce_zero_label=d.dataset == "loveda", fraction=d.fraction,
@@ -136,7 +151,7 @@ class SegmentationTask(FinetuneTask):
 
     def eval_dataset(self) -> SegDataset:
         d = self.cfg.data
-        return SegDataset(self._pairs("val"), train=False, ignore_index=d.ignore_index,
+        return SegDataset(self._pairs((d.val_split,)), train=False, ignore_index=d.ignore_index,
                           reduce_zero_label=d.dataset == "loveda", num_classes=d.num_classes)
 
     def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -182,7 +197,7 @@ class SegmentationTask(FinetuneTask):
             ignored += (f" (protocol {how.get('protocol')}: clutter "
                         f"{'ignored' if how.get('protocol') == 5 else 'a class'}; "
                         f"{'eroded boundaries ignored' if how.get('eroded') else 'full-reference labels'})")
-        split = "Val" if d.dataset == "loveda" else "val"
+        split = SPLIT_FOLDERS[d.val_split] if d.dataset == "loveda" else d.val_split
         return (f"{d.dataset} {split} split of {d.root}; {len(names)} classes ({', '.join(names)}); {ignored}; "
                 f"sliding window {d.crop_size} px, stride {d.eval_stride}{', flip test' if d.flip_test else ''}; "
                 f"areas summed over the split (mmseg IoUMetric)")
