@@ -181,6 +181,26 @@ def test_a_loveda_mask_value_outside_the_classes_ends_finetuning_naming_the_file
     assert f"{mask_path}: label value 9 (class 8 after reduce-zero-label)" in line
 
 
+@pytest.mark.slow
+def test_resuming_with_a_changed_model_names_the_fields_that_differ(tmp_path):
+    """A checkpoint saved with one architecture and resumed under a config that builds another (a
+    changed default, an edited override) ends in one line naming the differing fields; a change
+    the model survives resumes, and the log names it."""
+    synth_loveda(tmp_path / "loveda", images=2, seed=0, size=256)
+    run = ["finetune", "seg", "--config", "configs/seg/potsdam_debug.yaml", f"run_dir={tmp_path / 'run'}",
+           "data.dataset=loveda", f"data.root={tmp_path / 'loveda'}", "data.num_classes=7", "eval.every=100",
+           "checkpoint.every_steps=1", "log.tensorboard=false", "train.global_batch_size=4"]
+    first = rsfm(*run, "schedule.length=1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    proc = rsfm(*run, "schedule.length=2", "--resume", "auto", "backbone.use_rel_pos=false")
+    line = error_line(proc.stderr, proc.returncode)
+    assert "step_00000001" in line and "backbone.use_rel_pos (saved True, now False)" in line
+    proc = rsfm(*run, "schedule.length=2", "--resume", "auto", "data.photometric=true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "config differs from the saved run's: data.photometric (saved False, now True)" in log
+
+
 def test_zero_stage_outside_0_to_3_is_one_line(tmp_path, millionaid_shards):
     ds_config = json.loads((ROOT / "ds_configs" / "cpu_debug.json").read_text())
     ds_config["zero_optimization"]["stage"] = 7

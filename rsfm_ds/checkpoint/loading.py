@@ -130,6 +130,12 @@ def load_backbone(model: nn.Module, path: Union[str, Path], strict_backbone: boo
             if have[-1] != _shape(tensor)[-1]:
                 raise CheckpointError(f"{path}: backbone key {prefix + key!r} has shape {have} in the checkpoint "
                                       f"but {_shape(tensor)} in the model: another width")
+            # The layout check on every rank, on a shape alone: under ZeRO-3 only rank 0 copies,
+            # and an error there alone would leave the other ranks waiting in the next collective.
+            try:
+                fit_pos_embed(torch.empty(have, device="meta"), _shape(tensor))
+            except CheckpointError as e:
+                raise CheckpointError(f"{path}: backbone key {prefix + key!r}: {e}") from None
         elif key in provided and tuple(infos[provided[key]].shape) != _shape(tensor):
             preset = source.metadata.get("preset")
             raise CheckpointError(

@@ -127,8 +127,7 @@ def submit_dota(config: PathLike, checkpoint: PathLike, images: PathLike, out: P
     patches = all(is_patch_name(r.image_id) for r in records)
     if patch_dets is not None:
         write_task1_dir(patch_dets, detections, dataset_classes)
-    # Classes without detections stay out of the merge: merge_detections fails on an empty set.
-    merged = merge_detections({c: v for c, v in detections.items() if len(v)}) if patches else detections
+    merged = merge_detections(detections) if patches else detections
     return write_dota_submission(merged, dataset_classes, out)
 
 

@@ -55,7 +55,8 @@ def finetune(cfg: FinetuneConfig, task: FinetuneTask) -> Dict[str, Any]:
     seed_all(cfg.seed)  # identical initialisation on every rank
     engine, optimizer, load_note = _build_engine(cfg, task, run, resume_from)
     seed_all(cfg.seed + 1 + run.rank)  # per-rank streams for dropout and drop path from here on
-    state, resumed = restore(ckpt, engine, resume_from, run, cfg.seed, tcfg.global_batch_size, steps_per_epoch)
+    state, resumed = restore(ckpt, engine, resume_from, run, cfg.seed, tcfg.global_batch_size, steps_per_epoch,
+                             config=cfg)
     logger = open_log(run, cfg, stop_step, state, ckpt)
     logger.line(f"fine-tuning {type(task).__name__}: backbone {cfg.backbone.preset} ({load_note}), "
                 f"{describe_run(run, tcfg, run.ds_config, steps_per_epoch, stop_step)}{resumed}")

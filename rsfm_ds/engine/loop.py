@@ -20,8 +20,9 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from ..config import dump_yaml
-from ..errors import RunError
+from ..checkpoint import layout
+from ..config import dump_yaml, to_dict
+from ..errors import CheckpointError, RunError, few
 from .checkpointing import CheckpointManager, rank_rng_state, resharded_position, resharded_seed
 from .deepspeed_setup import device_for, init_distributed, load_ds_config, reconcile_ds_config, zero_stage
 from .metrics_log import TrainLogger
@@ -261,20 +262,49 @@ class ThroughputWindow:
         return out
 
 
+def config_changes(saved: Any, now: Any, prefix: str = "") -> list:
+    """``"field (saved X, now Y)"`` for every dotted field whose value differs between two config
+    trees (``to_dict`` form), fields present in only one included."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [change for key in sorted(set(saved) | set(now), key=str)
+                for change in config_changes(saved.get(key), now.get(key), f"{prefix}{key}.")]
+    if saved == now or (isinstance(saved, (list, tuple)) and isinstance(now, (list, tuple))
+                        and list(saved) == list(now)):
+        return []
+    return [f"{prefix[:-1]} (saved {saved!r}, now {now!r})"]
+
+
 def restore(ckpt: CheckpointManager, engine, path: Optional[Path], run: Run, seed: int, global_batch_size: int,
-            steps_per_epoch: int, generator: Optional[torch.Generator] = None) -> Tuple[TrainState, str]:
+            steps_per_epoch: int, generator: Optional[torch.Generator] = None,
+            config: Any = None) -> Tuple[TrainState, str]:
     """Load the checkpoint ``path`` into ``engine`` and the RNG streams; returns the position and
     a note for the log (None: a fresh start, step 0 and no note).
 
     At the world size that saved it, each rank takes back its own RNG states (exact resume). A
     universal checkpoint at another world size keeps the data position in samples and reseeds
     every stream from ``(seed, step, rank)`` (:mod:`rsfm_ds.engine.checkpointing` says why).
+    With the run's ``config``, fields that differ from the saved run's are named: in the note when
+    the model still loads (the resumed run then trains differently from the saved one), and in the
+    :class:`CheckpointError` when the model no longer fits the checkpoint (e.g. a changed default).
     """
     if path is None:
         return TrainState(), ""
-    saved = ckpt.load(engine, path)
+    now = to_dict(config) if config is not None else None
+    try:
+        saved = ckpt.load(engine, path)
+    except RuntimeError as e:
+        if "state_dict" not in str(e) or now is None:
+            raise
+        changes = config_changes(layout.client_state(path).get("config", {}), now)
+        raise CheckpointError(
+            f"{path}: the model this config builds does not fit the checkpoint ({str(e).splitlines()[0]}); "
+            f"config fields that differ from the saved run's: {few(changes)}; resume with the saved values "
+            f"(overrides such as backbone.use_rel_pos=false) or start a new run_dir") from None
     state = TrainState.from_client_state(saved)
     note = f", resumed from {path} (step {state.step})"
+    changes = config_changes(saved.get("config", {}), now) if now is not None else []
+    if changes:
+        note += f"; config differs from the saved run's: {few(changes, limit=8)}"
     if saved["world_size"] == run.world:
         set_rng_state(rank_rng_state(path, run.rank, saved), generator)
         return state, note
@@ -289,4 +319,5 @@ def restore(ckpt: CheckpointManager, engine, path: Optional[Path], run: Run, see
 
 
 __all__ = ["Run", "start_run", "reports_lost_ranks", "collective_failure", "open_log", "describe_run",
-           "optimizer_steps", "LossMeter", "SampleCounts", "ThroughputWindow", "NonFiniteLossError", "restore"]
+           "optimizer_steps", "LossMeter", "SampleCounts", "ThroughputWindow", "NonFiniteLossError", "restore",
+           "config_changes"]

@@ -60,7 +60,7 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     seed_all(cfg.seed + 1 + run.rank)  # per-rank streams for drop path and masking from here on
     generator = torch.Generator(device=run.device).manual_seed(cfg.seed * 1_000_003 + run.rank)
     state, resumed = restore(ckpt, engine, resume_from, run, cfg.seed, tcfg.global_batch_size, steps_per_epoch,
-                             generator)
+                             generator, config=cfg)
     logger = open_log(run, cfg, stop_step, state, ckpt)
     shape = describe_run(run, tcfg, ds_config, steps_per_epoch, stop_step)
     logger.line(f"MAE pretraining: preset {mcfg.preset}, {shape}, peak lr {peak_lr:.3e}{resumed}")

@@ -126,7 +126,7 @@ class SegDataset(Dataset):
         train: random resize / crop / flips / photometric; otherwise whole images, no augmentation.
         crop_size: training crop side.
         resize_scale: mmcv ``RandomResize`` scale ``(w, h)`` before the crop (mmseg: Potsdam (512, 512),
-            LoveDA (1024, 1024)); ``None`` keeps the image size. Images are resized bilinearly, labels
+            LoveDA (2048, 512)); ``None`` keeps the image size. Images are resized bilinearly, labels
             by nearest neighbour (values stay class indices).
         resize_ratio_range: ``(low, high)`` range of the random ratio applied to ``resize_scale``
             (mmseg: (0.5, 2.0)).
