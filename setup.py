@@ -16,6 +16,10 @@ Dependencies are pinned to the ranges the project is tested with. Why each one i
 - ninja: DeepSpeed JIT-builds its CPU Adam op on first use.
 - shapely: GEOS polygon clipping for `rsfm dota split`, the same geometry the DOTA devkit and mmrotate
   splitters call, so their labels are reproduced exactly (>= 2.1 for vectorised `orient_polygons`).
+- rasterio: GeoTIFF and every other GDAL raster, read by window without loading a scene, with its
+  CRS and affine transform, and written back georeferenced (`rsfm shards images`, own datasets,
+  `rsfm predict`); the maintained, wheel-packaged binding of the library the field reads rasters with.
+- tqdm: the progress bar of `rsfm predict` (already required by DeepSpeed; named for the direct use).
 """
 from setuptools import find_packages, setup
 
@@ -43,6 +47,8 @@ setup(
         "matplotlib>=3.8",
         "ninja>=1.11",
         "shapely>=2.1,<3",
+        "rasterio>=1.4,<2",
+        "tqdm>=4.66",
     ],
     extras_require={
         # shapely is the exact-geometry oracle the rotated-op tests compare against.

@@ -88,9 +88,12 @@ stage "10/11 segmentation evaluation of the saved predictions (rsfm eval seg)"
 rsfm eval seg --pred "$RUN_DIR/seg/eval/step_00000060/pred" --label "$DATA/potsdam_prepared/ann_dir/val" \
   --num-classes 5 --ignore-index 255 --json "$RUN_DIR/seg/eval_seg.json"
 
-stage "11/11 report -> $RUN_DIR/report.md"
+stage "11/11 report (losses with the detector's components, metrics, held-out overlays) -> $RUN_DIR/report.md"
+# Overlays: ground truth beside prediction for 3 validation images of each run, read from the run's
+# config.yaml, its Task1 files (detection) and its saved index PNGs (segmentation).
 rsfm report --out "$RUN_DIR/report.md" --pretrain "$RUN_DIR/pretrain" \
   --finetune "detection=$RUN_DIR/det" --finetune "segmentation=$RUN_DIR/seg" \
-  --eval "detection=$RUN_DIR/det/eval_det.json" --eval "segmentation=$RUN_DIR/seg/eval_seg.json"
+  --eval "detection=$RUN_DIR/det/eval_det.json" --eval "segmentation=$RUN_DIR/seg/eval_seg.json" \
+  --overlay-images 3
 echo
 echo "[quickstart] done; outputs in $RUN_DIR"

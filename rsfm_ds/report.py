@@ -1,8 +1,11 @@
-"""A short markdown report of a pipeline run: pretraining curve, fine-tuning evaluations, plots.
+"""A short markdown report of a pipeline run: pretraining curve, fine-tuning losses (the total and
+each component the model returns, e.g. Oriented R-CNN's ``loss_rpn_cls``, ``loss_rpn_bbox``,
+``loss_cls``, ``loss_bbox``), evaluations, and ground truth beside prediction for a few held-out
+images.
 
-Reads only files the stages write (``metrics.jsonl``, ``eval/step_*.json``), so it can be run on
-any set of run directories after the fact: ``rsfm report --out report.md --pretrain DIR
---finetune NAME=DIR ...``.
+Reads only files the stages write (``metrics.jsonl``, ``eval/step_*.json``, the run's
+``config.yaml`` and its saved predictions), so it can be run on any set of run directories after
+the fact: ``rsfm report --out report.md --pretrain DIR --finetune NAME=DIR ...``.
 """
 from __future__ import annotations
 
@@ -10,15 +13,20 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .errors import UserError
+from .report_overlays import OverlayOptions, run_overlays
+
 
 def read_metrics(run_dir: Path) -> Dict[int, Dict[str, float]]:
-    """``step -> values`` from ``metrics.jsonl`` (later lines of a resumed run win)."""
+    """``step -> values`` from ``metrics.jsonl``: the lines of one step merged (a step that logs
+    training and evaluates writes two lines), later values of a key winning (a resumed run that
+    repeats a step)."""
     out: Dict[int, Dict[str, float]] = {}
     path = run_dir / "metrics.jsonl"
     if path.is_file():
         for line in path.read_text().splitlines():
             record = json.loads(line)
-            out[int(record.pop("step"))] = record
+            out.setdefault(int(record.pop("step")), {}).update(record)
     return out
 
 
@@ -113,12 +121,52 @@ def _evaluation_lines(name: str, result: Dict[str, Any], check: Dict[str, Any], 
     return lines
 
 
+def _loss_lines(name: str, metrics: Dict[int, Dict[str, float]], out: Path) -> List[str]:
+    """The total training loss and its components (every ``train/loss_<part>`` the engine logged:
+    the loss dict the model returns, averaged over each logging window) as one plot, with the
+    first and last logged value of each in a table."""
+    # The loss dict's keys are ``loss`` and ``loss_<part>``; an fp16 run's ``loss_scale`` is no loss.
+    keys = sorted({k for v in metrics.values() for k in v if k.startswith("train/loss") and k != "train/loss_scale"},
+                  key=lambda k: (k != "train/loss", k))
+    if "train/loss" not in keys:
+        return []
+    curves = []
+    for key in keys:
+        steps = sorted(s for s, v in metrics.items() if v.get(key) is not None)
+        curves.append((key.split("/", 1)[1], steps, [metrics[s][key] for s in steps]))
+    _plot(curves, "loss", out.parent / f"{name}_loss.png")
+    lines = [f"![{name} loss]({name}_loss.png)", ""]
+    if len(curves) > 1:
+        lines += ["| loss | first step | first value | last step | last value |", "|---|---|---|---|---|"]
+        lines += [f"| {label} | {xs[0]} | {ys[0]:.4f} | {xs[-1]} | {ys[-1]:.4f} |" for label, xs, ys in curves]
+        lines.append("")
+    return lines
+
+
+def _overlay_lines(name: str, run_dir: Path, out: Path, options: OverlayOptions) -> List[str]:
+    """Held-out pictures of a run, or one line saying why there are none (the report is still
+    written when the run's data has moved or its predictions were not saved)."""
+    try:
+        overlays = run_overlays(run_dir, out.parent, name, options)
+    except UserError as e:
+        return [f"No held-out overlays: {e}", ""]
+    if not overlays:
+        return []
+    lines = ["### Held-out images", ""]
+    for overlay in overlays:
+        lines += [f"{overlay.caption}", "", f"![{name} {overlay.image_id}]({overlay.path.name})", ""]
+    return lines
+
+
 def write_report(out: Path, pretrain: Optional[Path], finetunes: Dict[str, Path],
-                 independent: Optional[Dict[str, Path]] = None) -> Path:
-    """Write ``out`` (markdown) and its PNG plots beside it; returns ``out``.
+                 independent: Optional[Dict[str, Path]] = None,
+                 overlays: Optional[OverlayOptions] = OverlayOptions()) -> Path:
+    """Write ``out`` (markdown) and its PNG plots and overlays beside it; returns ``out``.
 
     ``independent`` maps a fine-tuning name to the ``--json`` of an ``rsfm eval`` run on that
     run's saved predictions; its headline metrics are shown beside the engine's own.
+    ``overlays`` says which held-out pictures to draw for each fine-tuning run
+    (:mod:`rsfm_ds.report_overlays`); None: none.
     """
     independent = independent or {}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -136,13 +184,8 @@ def write_report(out: Path, pretrain: Optional[Path], finetunes: Dict[str, Path]
                       f"| {steps[0]} | {losses[0]:.4f} | {steps[-1]} | {losses[-1]:.4f} | "
                       f"{ips[-1] if ips else float('nan'):.1f} |", "", "![MAE loss](pretrain_loss.png)", ""]
     for name, run_dir in finetunes.items():
-        metrics = read_metrics(run_dir)
-        steps = sorted(k for k, v in metrics.items() if "train/loss" in v)
         lines += [f"## Fine-tuning: {name}", "", f"Run: `{run_dir}`", ""]
-        if steps:
-            _plot([("loss", steps, [metrics[s]["train/loss"] for s in steps])], "loss",
-                  out.parent / f"{name}_loss.png")
-            lines += [f"![{name} loss]({name}_loss.png)", ""]
+        lines += _loss_lines(name, read_metrics(run_dir), out)
         result = last_eval(run_dir)
         if result is None:
             lines += ["No evaluation found.", ""]
@@ -150,5 +193,10 @@ def write_report(out: Path, pretrain: Optional[Path], finetunes: Dict[str, Path]
         check_path = Path(independent[name]) if name in independent else None
         check = json.loads(check_path.read_text()) if check_path is not None else {}
         lines += _evaluation_lines(name, result, check, check_path, out)
+        if overlays is not None:
+            lines += _overlay_lines(name, run_dir, out, overlays)
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+__all__ = ["OverlayOptions", "last_eval", "read_metrics", "write_report"]

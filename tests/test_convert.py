@@ -555,3 +555,21 @@ def test_inspect_and_cli(ckpts, tmp_path, capsys):
     vit = create_vit("debug")
     assert load_backbone(vit, tmp_path / "t.pth").missing_keys == []
     assert all(torch.equal(v, vit.state_dict()[k]) for k, v in load_file(tmp_path / "t.safetensors").items())
+
+
+def test_to_timm_of_a_four_band_backbone(tmp_path):
+    """A multispectral backbone exports too; timm builds it with ``in_chans=4`` and computes the
+    same features as the MAE encoder it came from."""
+    import timm
+    from safetensors.torch import save_file
+
+    mae = create_mae("debug", img_size=96, in_chans=4)
+    save_file({k: v.contiguous() for k, v in mae.state_dict().items()}, tmp_path / "mae.safetensors",
+              metadata={"preset": "debug"})
+    result = to_timm(tmp_path / "mae.safetensors", tmp_path / "t.safetensors")
+    assert result.metadata["in_chans"] == "4"
+    model = timm.create_model("rsfm_debug", pretrained=True, in_chans=4,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "t.safetensors"))).eval()
+    x = torch.randn(1, 4, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(x), mae.eval().encoder.forward_features(x))

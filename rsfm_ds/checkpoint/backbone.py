@@ -30,8 +30,11 @@ between grids: a sin-cos table is recomputed, a learned one interpolated bicubic
 
 Sidecar ``<out>.json`` (format version 1): ``format``, ``format_version``, ``preset``, ``step``,
 ``samples_seen``, ``world_size``, ``source``, ``img_size``, ``patch_size``, ``grid``, ``dtype``,
-``with_pos_embed``, ``num_tensors``, ``num_params``, ``pos_embed`` (how positions are handled).
-The same provenance is in the safetensors header.
+``with_pos_embed``, ``num_tensors``, ``num_params``, ``pos_embed`` (how positions are handled),
+``in_chans`` (input bands: ``patch_embed.proj.weight`` is ``[D, in_chans, p, p]``) and, when the
+pretraining shards had them (own imagery, ``rsfm shards images``), ``band_names``, ``band_mean`` and
+``band_std`` (the per-band normalisation in raw units a fine-tuning run must apply). The same
+provenance is in the safetensors header, where every value is a string (the band fields JSON).
 """
 from __future__ import annotations
 
@@ -49,6 +52,9 @@ from ..models.vit import sincos_pos_embed_2d
 from .safetensors_io import (DTYPES, FORMAT_VERSION, ConversionResult, TensorInfo, provenance,
                              write_safetensors)
 from .sources import open_source
+
+BAND_FIELDS = ("band_names", "band_mean", "band_std")
+"""Metadata of a backbone pretrained on own imagery: JSON lists, one entry per input band."""
 
 POS_EMBED_NOTE = ("not stored: a fixed 2-D sin-cos function of the patch grid, recomputed exactly by the "
                   "backbone for any input size")
@@ -78,15 +84,26 @@ def map_to_backbone(names: Iterable[str]) -> Tuple[Dict[str, str], List[str]]:
 
 
 @lru_cache(maxsize=None)
-def _preset_shapes(preset: str) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+def _preset_shapes(preset: str, in_chans: int) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
     with torch.device("meta"):  # no memory, even for the 2.4B preset
-        model = create_vit(preset, class_token=True)
+        model = create_vit(preset, class_token=True, in_chans=in_chans)
     return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
 
 
-def preset_shapes(preset: str) -> Dict[str, Tuple[int, ...]]:
-    """State-dict shapes of the :class:`VisionTransformer` of ``preset``, in state-dict order."""
-    return dict(_preset_shapes(preset))
+def preset_shapes(preset: str, in_chans: int = 3) -> Dict[str, Tuple[int, ...]]:
+    """State-dict shapes of the :class:`VisionTransformer` of ``preset`` with ``in_chans`` input
+    bands, in state-dict order."""
+    return dict(_preset_shapes(preset, in_chans))
+
+
+PATCH_WEIGHT = "patch_embed.proj.weight"
+
+
+def in_chans_of(shapes: Dict[str, Tuple[int, ...]]) -> int:
+    """Input bands of backbone ``shapes``: dim 1 of ``patch_embed.proj.weight`` ``[D, C, p, p]``
+    (3 when the key is absent, for the error of :func:`check_preset` to name it)."""
+    shape = shapes.get(PATCH_WEIGHT)
+    return int(shape[1]) if shape is not None and len(shape) == 4 else 3
 
 
 def first_mismatch(have: Dict[str, Tuple[int, ...]], want: Dict[str, Tuple[int, ...]]
@@ -103,9 +120,10 @@ def first_mismatch(have: Dict[str, Tuple[int, ...]], want: Dict[str, Tuple[int, 
 
 
 def infer_preset(shapes: Dict[str, Tuple[int, ...]]) -> Optional[str]:
-    """The registered preset whose encoder has exactly these backbone keys and shapes, if any."""
+    """The registered preset whose encoder (with the bands of ``shapes``) has exactly these
+    backbone keys and shapes, if any."""
     for name in PRESETS:
-        if first_mismatch(shapes, preset_shapes(name)) is None:
+        if first_mismatch(shapes, preset_shapes(name, in_chans_of(shapes))) is None:
             return name
     return None
 
@@ -123,7 +141,7 @@ def check_preset(shapes: Dict[str, Tuple[int, ...]], preset: Optional[str], sour
                                   f"({', '.join(PRESETS)})")
         return found
     get_preset(preset)
-    mismatch = first_mismatch(shapes, preset_shapes(preset))
+    mismatch = first_mismatch(shapes, preset_shapes(preset, in_chans_of(shapes)))
     if mismatch is not None:
         key, have, want = mismatch
         raise CheckpointError(f"{source}: does not match preset {preset!r}: key {key!r} has shape "
@@ -240,9 +258,11 @@ def convert_backbone(src: Union[str, Path], out: Path, *, kind: str, tag: Option
     if with_pos_embed:
         entries.append(("pos_embed", TensorInfo(tuple(table.shape), torch_dtype)))
     fields = {k: v for k, v in source.metadata.items() if k in ("step", "samples_seen", "world_size")}
+    in_chans = in_chans_of(shapes)
+    bands = {k: v for k, v in source.metadata.items() if k in BAND_FIELDS}
     metadata = provenance(kind, preset=preset, **fields, source=str(source.path), img_size=img_size,
                           dtype=dtype, with_pos_embed=with_pos_embed,
-                          timm_model=f"rsfm_{preset}" if kind == "timm" else None)
+                          timm_model=f"rsfm_{preset}" if kind == "timm" else None, in_chans=in_chans, **bands)
 
     def get(name: str) -> torch.Tensor:
         return table if name == "pos_embed" else source.get(source_of[name])
@@ -257,6 +277,7 @@ def convert_backbone(src: Union[str, Path], out: Path, *, kind: str, tag: Option
         "img_size": img_size, "patch_size": p.patch_size, "grid": list(grid), "dtype": dtype,
         "with_pos_embed": with_pos_embed, "num_tensors": len(entries), "num_params": num_params,
         "pos_embed": f"stored for the {grid[0]}x{grid[1]} grid (sin-cos)" if with_pos_embed else POS_EMBED_NOTE,
+        "in_chans": in_chans, **{k: json.loads(v) for k, v in bands.items()},
     }, indent=2) + "\n")
     return ConversionResult([out, sidecar], len(entries), num_params, metadata)
 
@@ -295,4 +316,4 @@ def _int_or_none(value: Optional[str]) -> Optional[int]:
 
 __all__ = ["map_to_backbone", "preset_shapes", "first_mismatch", "infer_preset", "check_preset",
            "resample_pos_embed", "pos_embed_key", "fit_pos_embed", "convert_backbone", "mae_to_backbone",
-           "POS_EMBED_NOTE"]
+           "POS_EMBED_NOTE", "BAND_FIELDS", "in_chans_of"]

@@ -255,9 +255,10 @@ def read_model_states(tag_dir: Path, rank: int = 0) -> Dict[str, Any]:
 
 def client_state(tag_dir: Path, rank: int = 0) -> Dict[str, Any]:
     """Our client state of rank ``rank`` (keys ``step``, ``epoch``, ``micro_in_epoch``,
-    ``samples_seen``, ``rng``, ``config``, ``world_size``, ``preset``); empty when the checkpoint
-    was written by another program."""
-    keys = ("step", "epoch", "micro_in_epoch", "samples_seen", "best", "rng", "config", "world_size", "preset")
+    ``samples_seen``, ``rng``, ``config``, ``world_size``, ``preset``, ``bands``); empty when the
+    checkpoint was written by another program."""
+    keys = ("step", "epoch", "micro_in_epoch", "samples_seen", "best", "rng", "config", "world_size", "preset",
+            "bands")
     states = read_model_states(tag_dir, rank)
     return {k: states[k] for k in keys if k in states}
 

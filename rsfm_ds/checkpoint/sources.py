@@ -162,6 +162,9 @@ def _client_metadata(state: Dict, source: str) -> Dict[str, str]:
                   samples_seen=state.get("samples_seen"), world_size=state.get("world_size"),
                   img_size=model.get("img_size"), precision=(cfg.get("train") or {}).get("precision"),
                   source=source)
+    # Input bands of the run (rsfm_ds/engine/pretrain.py band_metadata): in_chans and, for own
+    # imagery, band names and normalisation as JSON strings.
+    fields.update(state.get("bands") or {})
     return {k: str(v) for k, v in fields.items() if v is not None}
 
 

@@ -19,20 +19,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
-from .backbone import convert_backbone, first_mismatch, preset_shapes
+from .backbone import convert_backbone, first_mismatch, in_chans_of, preset_shapes
 from .safetensors_io import ConversionResult
 from .sources import SafetensorsSource
 
 
 def to_timm(src: Union[str, Path], out: Union[str, Path], tag: Optional[str] = None) -> ConversionResult:
     """Write ``out`` (``.safetensors``) loadable by ``timm.create_model('rsfm_<preset>', pretrained=True,
-    pretrained_cfg_overlay=dict(file=out))``; ``src`` as for
-    :func:`~rsfm_ds.checkpoint.backbone.mae_to_backbone`. The metadata names the timm model
+    pretrained_cfg_overlay=dict(file=out))`` (plus ``in_chans=N`` for an N-band backbone); ``src`` as
+    for :func:`~rsfm_ds.checkpoint.backbone.mae_to_backbone`. The metadata names the timm model
     (``timm_model``)."""
     result = convert_backbone(src, Path(out), kind="timm", tag=tag, dtype="fp32")
     preset = result.metadata["preset"]
-    written = SafetensorsSource(Path(out)).infos()
-    mismatch = first_mismatch({k: v.shape for k, v in written.items()}, preset_shapes(preset))
+    written = {k: tuple(v.shape) for k, v in SafetensorsSource(Path(out)).infos().items()}
+    mismatch = first_mismatch(written, preset_shapes(preset, in_chans_of(written)))
     if mismatch is not None:  # the conversion rules and the registered model disagree: a bug here
         key, have, want = mismatch
         raise RuntimeError(f"{out}: key {key!r} has shape {have}, timm model rsfm_{preset} expects {want}")

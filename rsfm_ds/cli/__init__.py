@@ -18,9 +18,10 @@ from typing import List, Optional
 from ..errors import RunError, UserError
 from . import (convert, datasets, dota, evaluate, finetune, models, plan, potsdam, pretrain, report, shards, study,
                submit, synth)
+from . import predict
 
 # Verb groups in the order `rsfm --help` lists them.
-GROUPS = (models, pretrain, synth, shards, datasets, potsdam, dota, finetune, evaluate, submit,
+GROUPS = (models, pretrain, synth, shards, datasets, potsdam, dota, finetune, evaluate, predict, submit,
           convert, report, study, plan)
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable, List
+from typing import Callable, List, Optional, Tuple
 
 Run = Callable[[argparse.Namespace], int]
 
@@ -26,3 +26,26 @@ def run_config_overrides(args: argparse.Namespace) -> List[str]:
     if args.resume is not None:
         overrides.append(f"checkpoint.resume={'null' if args.resume == 'none' else args.resume}")
     return overrides
+
+
+def add_classes_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--classes a,b,c``: an own class list of DOTA-format labels, replacing ``--dataset``'s."""
+    parser.add_argument("--classes", default=None, metavar="NAME,NAME,...",
+                        help=f"comma-separated own class list of DOTA-format labels ({what}); "
+                             "replaces --dataset's list")
+
+
+def own_classes(args: argparse.Namespace) -> Optional[Tuple[str, ...]]:
+    """The ``--classes`` list, or None when not given.
+
+    Raises:
+        ConfigError: an empty or repeated name.
+    """
+    from ..errors import ConfigError
+
+    if args.classes is None:
+        return None
+    names = tuple(n.strip() for n in args.classes.split(","))
+    if not all(names) or len(set(names)) != len(names):
+        raise ConfigError(f"--classes: expected distinct, non-empty comma-separated names, got {args.classes!r}")
+    return names

@@ -54,8 +54,9 @@ def _mae_to_backbone(verbs: argparse._SubParsersAction) -> None:
         result = mae_to_backbone(args.src, args.out, img_size=args.img_size, dtype=args.dtype,
                                  with_pos_embed=args.with_pos_embed, tag=args.tag)
         m = result.metadata
-        print(f"backbone {m['preset']} (step {m.get('step')}, {m['img_size']} px, {m['dtype']}): "
-              f"{result.num_params:,} parameters -> {', '.join(str(f) for f in result.files)}")
+        bands = f", bands {', '.join(json.loads(m['band_names']))}" if "band_names" in m else ""
+        print(f"backbone {m['preset']} (step {m.get('step')}, {m['img_size']} px, {m['in_chans']} input bands{bands}, "
+              f"{m['dtype']}): {result.num_params:,} parameters -> {', '.join(str(f) for f in result.files)}")
         return 0
 
     verb(p, run)

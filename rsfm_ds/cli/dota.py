@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import verb
+from .common import add_classes_argument, own_classes, verb
 
 DOTA_VERSIONS = ["dota2", "dota1.5", "dota1"]
 
@@ -41,6 +41,7 @@ def _split(sub: argparse._SubParsersAction) -> None:
                    help="patch image format (default .png)")
     p.add_argument("--dataset", default="dota2", choices=DOTA_VERSIONS,
                    help="class list the labels are checked against (default dota2)")
+    add_classes_argument(p, "the names the labels are checked against")
     p.add_argument("--workers", type=int, default=1, help="images split in parallel (default 1)")
 
     def run(args: argparse.Namespace) -> int:
@@ -50,7 +51,8 @@ def _split(sub: argparse._SubParsersAction) -> None:
         pad = None if args.pad_value is None else tuple(args.pad_value)
         config = SplitConfig(rule=args.rule, size=args.size, gap=args.gap, rates=tuple(args.rates),
                              iof_thr=args.iof_thr, pad_value=pad, img_rate_thr=args.img_rate_thr, ext=args.ext)
-        report = split_dota(args.src, args.out, config, dota_classes(args.dataset), workers=args.workers)
+        classes = own_classes(args) or dota_classes(args.dataset)
+        report = split_dota(args.src, args.out, config, classes, workers=args.workers)
         print(f"{report.images} images -> {report.patches} patches under {args.out}; {report.objects} objects "
               f"-> {report.patch_objects} patch objects, {report.dropped} in no patch "
               f"({report.self_intersecting} self-intersecting)")
@@ -70,12 +72,13 @@ def _merge(sub: argparse._SubParsersAction) -> None:
                         "side: offsets only) or auto (a decimal or an integer below 16 is a rate) (default auto)")
     p.add_argument("--dataset", default="dota2", choices=DOTA_VERSIONS,
                    help="write one file per class of this dataset, empty where nothing was found (default dota2)")
+    add_classes_argument(p, "one file per name")
 
     def run(args: argparse.Namespace) -> int:
         from ..data.det.dota import dota_classes
         from ..data.det.merge import merge_dota
 
-        report = merge_dota(args.dets, args.out, iou_thr=args.iou, classes=dota_classes(args.dataset),
+        report = merge_dota(args.dets, args.out, iou_thr=args.iou, classes=own_classes(args) or dota_classes(args.dataset),
                             naming=args.names)
         print(f"{report.files} files: {report.patch_detections} patch detections -> "
               f"{report.image_detections} image detections in {args.out}")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import verb
+from .common import add_classes_argument, own_classes, verb
 from .submit import add_inference_arguments, inference_options
 
 
@@ -31,6 +31,7 @@ def _det(group: argparse._SubParsersAction) -> None:
                    help="DOTA labelTxt folder, or a DIOR-R root / Annotations folder with XMLs (--dataset dior)")
     p.add_argument("--dataset", default="dota2", choices=["dota2", "dota1.5", "dota1", "dior"],
                    help="class list and label format (default dota2)")
+    add_classes_argument(p, "the Task1_<name>.txt files read and the label names")
     p.add_argument("--iou", type=float, default=0.5, help="IoU threshold of a true positive (default 0.5)")
     p.add_argument("--metric", default="voc07", choices=["voc07", "area"],
                    help="AP: VOC07 11-point or area under the curve (default voc07)")
@@ -51,7 +52,7 @@ def _det(group: argparse._SubParsersAction) -> None:
         if args.images is not None:
             text = Path(args.images).read_text(encoding="utf-8-sig")
             image_ids = [line.strip() for line in text.splitlines() if line.strip()]
-        result = evaluate_task1(args.dets, args.labels, args.dataset, protocol, image_ids)
+        result = evaluate_task1(args.dets, args.labels, args.dataset, protocol, image_ids, own_classes(args))
         print(format_map_table(result))
         if args.json is not None:
             _write_json(args.json, result.to_json())

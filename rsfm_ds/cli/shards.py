@@ -10,6 +10,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("shards", help="write WebDataset shards with a manifest, or verify them")
     verbs = p.add_subparsers(dest="shards_verb", required=True, metavar="VERB")
     _millionaid(verbs)
+    _images(verbs)
     _verify(verbs)
 
 
@@ -44,6 +45,59 @@ def _millionaid(sub: argparse._SubParsersAction) -> None:
         print(f"{report.manifest_path}: {m.num_samples} samples in {len(m.shards)} shards "
               f"({m.num_bytes / 1e9:.2f} GB), {len(m.classes)} classes; {len(report.written)} written, "
               f"{len(report.kept)} kept, {len(m.skipped)} files skipped")
+        for s in m.skipped[:20]:
+            print(f"  skipped {s.path}: {s.reason}")
+        return 0
+
+    verb(p, run)
+
+
+def _band_list(text: str) -> tuple:
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated 1-based band numbers, e.g. 4,3,2,8; "
+                                         f"got {text!r}") from None
+    return bands
+
+
+def _images(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("images", help="any tree of JPEG / PNG / TIFF / GeoTIFF files -> WebDataset shards of "
+                                      "raw windows + manifest.json with per-band statistics (docs/shards.md)")
+    p.add_argument("--root", required=True, help="folder searched recursively for raster files")
+    p.add_argument("--out", required=True, help="folder for images-%%06d.tar and manifest.json")
+    p.add_argument("--tile", type=int, default=None,
+                   help="cut scenes into TILE x TILE windows (default: one sample per file)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="step between windows (default TILE); the last window is clamped to the border")
+    p.add_argument("--nodata", type=float, default=None,
+                   help="nodata value of every file (default: each file's declared one, else none)")
+    p.add_argument("--min-valid", type=float, default=0.0,
+                   help="fraction of valid (not nodata) pixels a window needs; others are left out and "
+                        "counted (default 0)")
+    p.add_argument("--bands", type=_band_list, default=None,
+                   help="1-based bands to keep, in this order, e.g. 4,3,2,8 (default: all)")
+    p.add_argument("--maxcount", type=int, default=1000, help="samples per shard at most (default 1000)")
+    p.add_argument("--maxsize", type=float, default=1e9, help="bytes per shard at most, of raw pixels (default 1e9)")
+    p.add_argument("--workers", type=int, default=1, help="shards written in parallel (default 1)")
+    p.add_argument("--shuffle-seed", type=int, default=0, help="seed of the window order across shards (default 0)")
+    p.add_argument("--no-shuffle", action="store_true", help="keep the sorted scan order in the shards")
+
+    def run(args: argparse.Namespace) -> int:
+        from ..data.pretrain.scenes import write_image_shards
+
+        report = write_image_shards(
+            args.root, args.out, tile=args.tile, stride=args.stride, nodata=args.nodata,
+            min_valid=args.min_valid, bands=args.bands, maxcount=args.maxcount, maxsize=int(args.maxsize),
+            workers=args.workers, shuffle_seed=None if args.no_shuffle else args.shuffle_seed, log=print)
+        m = report.manifest
+        norm = m.normalization()
+        print(f"{report.manifest_path}: {m.num_samples} samples in {len(m.shards)} shards "
+              f"({m.num_bytes / 1e9:.2f} GB), {m.bands} bands ({', '.join(m.band_names)}) of {m.dtype}; "
+              f"{len(report.written)} written, {len(report.kept)} kept, {m.num_windows_low_valid} windows "
+              f"below --min-valid, {len(m.skipped)} files skipped")
+        print(f"normalisation ({m.normalization_stats['source']}): mean "
+              f"{[round(v, 3) for v in norm.mean]}, std {[round(v, 3) for v in norm.std]}")
         for s in m.skipped[:20]:
             print(f"  skipped {s.path}: {s.reason}")
         return 0

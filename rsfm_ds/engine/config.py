@@ -165,6 +165,9 @@ class BackboneConfig(ViTDetConfig):
     pretrained: Optional[str] = None
     """Pretrained weights: a converted backbone file, a ZeRO-3 checkpoint directory or a timm
     file; null trains from scratch."""
+    patch_embed_adapt: Literal["timm", "error"] = "timm"
+    """A pretrained patch embedding of another band count than in_chans: timm adapts it (timm's
+    adapt_input_conv rule, docs/checkpoints.md); error refuses the checkpoint."""
     grad_checkpointing: bool = True
     """Activation checkpointing of the backbone blocks."""
     checkpoint_use_reentrant: bool = False

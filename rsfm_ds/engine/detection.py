@@ -18,6 +18,17 @@ Evaluation (every ``eval.every`` units and at the end), on every rank:
    detections go to ``task1_patches/`` and ``task1/`` holds them merged back to whole images
    (:func:`~rsfm_ds.data.det.merge.merge_detections`: offsets, rates, per-class rotated NMS 0.1).
 
+Own classes: ``data.dataset: dota`` reads DOTA-format folders whose class list is the user's
+``data.classes`` (required for this kind); the names flow into the log, the metrics
+(``AP/<name>``), the evaluation JSON, the ``Task1_<name>.txt`` files and the report. An object of a
+name outside the list is an error naming ``file:line`` (mmrotate 0.x's ``DOTADataset`` in
+``mmrotate/datasets/dota.py`` looks every name up in its class map and fails on a missing one);
+``data.unknown_classes: skip`` drops such objects instead and logs how many.
+
+Input bands: any raster the DOTA folders hold (8-bit RGB PNG / JPEG as before, multi-band
+GeoTIFF) with ``data.bands``, ``data.band_mean`` / ``band_std`` / ``band_stats`` and
+``backbone.in_chans`` (:mod:`rsfm_ds.engine.inputs`).
+
 Metrics: ``mAP`` and ``AP/<class>`` (classes with objects). For a patch set with
 ``data.val_full_labels`` (the unsplit images' ``labelTxt``), ``mAP`` is the merged detections'
 score on the whole images (the official protocol) and ``mAP_patch`` the patch-level one; without
@@ -39,28 +50,42 @@ from ..config import check, check_choices
 from ..data.det.augment import RandomRotate, label_indices
 from ..data.det.dataset import (DetectionDataset, DetRecord, collate_detection, dior_records,
                                 dota_records, select_classes)
-from ..data.det.dota import DOTA_CLASS_LISTS, load_dota_labels, write_task1_dir
+from ..data.det.dota import load_dota_labels, write_task1_dir
 from ..data.det.merge import merge_detections
 from ..data.det.split import is_patch_name, parse_patch_name
 from ..data.subsets import select_fraction
-from ..errors import DataError, few
+from ..errors import ConfigError, DataError, few
 from ..evaluation.detection_results import predict, to_task1
-from ..evaluation.rotated_map import (DEVKIT, MMROTATE, MapResult, class_list, evaluate_rotated_map,
-                                      undefined_ap_notes)
+from ..evaluation.rotated_map import DEVKIT, MMROTATE, MapResult, evaluate_rotated_map, undefined_ap_notes
+from ..evaluation.rotated_map import class_list as release_classes
 from ..models.heads import OrientedRCNN, OrientedRCNNConfig
 from .config import FinetuneConfig
+from .inputs import BandsConfig
 from .task import FinetuneTask
 
 PROTOCOLS = {"devkit": DEVKIT, "mmrotate": MMROTATE}
 
 
-@dataclass
-class DetDataConfig:
-    """Detection data: which dataset, where, which classes, which augmentations."""
+OWN_CLASSES = "dota"
+"""The dataset kind of DOTA-format folders with the user's own class list (data.classes)."""
 
-    dataset: Literal["dota2", "dota1.5", "dota1", "dior"] = "dota2"
+
+def class_list(dataset: str, classes: Optional[Tuple[str, ...]] = None) -> Tuple[str, ...]:
+    """The class list of ``dataset``'s label files: a release's, or ``classes`` for own data."""
+    if dataset == OWN_CLASSES:
+        if not classes:
+            raise ConfigError("data.classes: required for dataset dota (the class names of the label files)")
+        return tuple(classes)
+    return release_classes(dataset)
+
+
+@dataclass
+class DetDataConfig(BandsConfig):
+    """Detection data: which dataset, where, which classes, which bands, which augmentations."""
+
+    dataset: Literal["dota2", "dota1.5", "dota1", "dior", "dota"] = "dota2"
     """dota2 (18 classes), dota1.5 (16) or dota1 (15): DOTA-format folders; dior: the DIOR-R
-    release tree (20 classes)."""
+    release tree (20 classes); dota: DOTA-format folders of your own classes (data.classes)."""
     train_dirs: Tuple[str, ...] = ()
     """DOTA kinds: DOTA-format folders (images/ + labelTxt/) to train on, e.g. the split train and
     val patches written by `rsfm dota split`."""
@@ -78,7 +103,11 @@ class DetDataConfig:
     """dior: image set to evaluate on."""
     classes: Optional[Tuple[str, ...]] = None
     """Classes the detector predicts: a subset of the dataset's, in this order (objects of other
-    classes are dropped); null takes all of the dataset's."""
+    classes are dropped); null takes all of the dataset's. Required for dataset dota: the class
+    names of your label files, which name the outputs (AP/<name>, Task1_<name>.txt)."""
+    unknown_classes: Literal["error", "skip"] = "error"
+    """dataset dota: an object whose class is not in data.classes is an error naming file:line
+    (mmrotate's DOTADataset fails on it), or skip drops it and counts it in the log."""
     hflip_prob: float = 0.5
     """Probability of a horizontal flip in training."""
     vflip_prob: float = 0.5
@@ -121,7 +150,16 @@ class DetDataConfig:
     """Seed of the training subset (fixed per study, nested across fractions)."""
 
     def __post_init__(self):
+        super().__post_init__()
         check_choices(self)
+        if self.dataset == OWN_CLASSES:
+            check(bool(self.classes), "classes", "required for dataset dota: the class names of your label files")
+            bad = [c for c in self.classes if not c or any(ch.isspace() or ch in "/\\" for ch in c)]
+            check(not bad, "classes", f"{bad}: a DOTA class name is one word without slashes (it names a "
+                                      f"label-file field and a Task1_<name>.txt file)")
+        # A release's labels name only its own classes: skipping there would hide a wrong dataset kind.
+        check(self.unknown_classes == "error" or self.dataset == OWN_CLASSES, "unknown_classes",
+              f"skip applies to dataset dota (own classes), not {self.dataset}")
         if self.dataset == "dior":
             check(self.root is not None, "root", "the DIOR-R root is required for dataset dior")
             check(len(self.train_splits) > 0, "train_splits", "name at least one image set")
@@ -130,7 +168,7 @@ class DetDataConfig:
                   f"name at least one DOTA-format folder for dataset {self.dataset}")
             check(self.val_dir is not None, "val_dir", f"required for dataset {self.dataset}")
         if self.classes is not None:
-            known = class_list(self.dataset)
+            known = class_list(self.dataset, self.classes)
             unknown = [c for c in self.classes if c not in known]
             check(not unknown, "classes", f"{unknown} are not {self.dataset} classes ({', '.join(known)})")
             check(len(set(self.classes)) == len(self.classes) and self.classes, "classes",
@@ -142,7 +180,7 @@ class DetDataConfig:
               f"must be in (0, 180] degrees, got {self.rotate_range}")
         check(self.rotate_mode != "value" or len(self.rotate_angles) > 0, "rotate_angles",
               "name at least one angle (degrees) for rotate_mode value")
-        known = class_list(self.dataset)
+        known = class_list(self.dataset, self.classes)
         unknown = [c for c in self.rect_classes if c not in known]
         check(not unknown, "rect_classes", f"{unknown} are not {self.dataset} classes ({', '.join(known)})")
         check(0 < self.fraction <= 1, "fraction", f"must be in (0, 1], got {self.fraction}")
@@ -175,7 +213,7 @@ class DetFinetuneConfig(FinetuneConfig):
 
     def classes(self) -> Tuple[str, ...]:
         """The classes the detector predicts, in order."""
-        return tuple(self.data.classes) if self.data.classes else class_list(self.data.dataset)
+        return tuple(self.data.classes) if self.data.classes else class_list(self.data.dataset, self.data.classes)
 
 
 class DetectionTask(FinetuneTask):
@@ -188,17 +226,21 @@ class DetectionTask(FinetuneTask):
         self.classes = cfg.classes()
         self._eval_set: Optional[DetectionDataset] = None
 
+    def class_names(self) -> Tuple[str, ...]:
+        return tuple(self.classes)
+
     def build_model(self) -> nn.Module:
         return OrientedRCNN.build(self.cfg.backbone, len(self.classes), self.cfg.model)
 
     def _records(self, train: bool) -> List[DetRecord]:
         d = self.cfg.data
-        dataset_classes = class_list(d.dataset)
+        dataset_classes = class_list(d.dataset, d.classes)
         if d.dataset == "dior":
             records = dior_records(d.root, d.train_splits if train else (d.val_split,))
         else:
             dirs = d.train_dirs if train else (d.val_dir,)
-            records = [r for folder in dirs for r in dota_records(folder, dataset_classes)]
+            skip = d.dataset == OWN_CLASSES and d.unknown_classes == "skip"
+            records = [r for folder in dirs for r in dota_records(folder, dataset_classes, skip_unknown=skip)]
         if tuple(self.classes) != tuple(dataset_classes):
             records = select_classes(records, dataset_classes, self.classes)
         if train and d.fraction < 1:
@@ -216,12 +258,13 @@ class DetectionTask(FinetuneTask):
         return DetectionDataset(self._records(train=True), self.cfg.backbone.img_size, train=True,
                                 hflip_prob=d.hflip_prob, vflip_prob=d.vflip_prob,
                                 rot90_prob=d.rot90_prob, rotate=rotate,
-                                keep_difficult=d.keep_difficult, filter_empty=d.filter_empty)
+                                keep_difficult=d.keep_difficult, filter_empty=d.filter_empty,
+                                inputs=self.inputs())
 
     def eval_dataset(self) -> DetectionDataset:
         if self._eval_set is None:
             self._eval_set = DetectionDataset(self._records(train=False), self.cfg.backbone.img_size,
-                                              train=False)
+                                              train=False, inputs=self.inputs())
         return self._eval_set
 
     def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -270,7 +313,7 @@ class DetectionTask(FinetuneTask):
 
     def _full_image_ground_truth(self, patch_gt: Dict[str, DetRecord]) -> Dict[str, DetRecord]:
         """The unsplit images' ground truth for the images the patches come from."""
-        dataset_classes = DOTA_CLASS_LISTS[self.cfg.data.dataset]
+        dataset_classes = class_list(self.cfg.data.dataset, self.cfg.data.classes)
         anns = load_dota_labels(self.cfg.data.val_full_labels, dataset_classes)
         ids = sorted({parse_patch_name(i).image_id for i in patch_gt})
         missing = [i for i in ids if i not in anns]

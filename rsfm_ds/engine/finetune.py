@@ -60,6 +60,7 @@ def finetune(cfg: FinetuneConfig, task: FinetuneTask) -> Dict[str, Any]:
     logger = open_log(run, cfg, stop_step, state, ckpt)
     logger.line(f"fine-tuning {type(task).__name__}: backbone {cfg.backbone.preset} ({load_note}), "
                 f"{describe_run(run, tcfg, run.ds_config, steps_per_epoch, stop_step)}{resumed}")
+    logger.line(task.describe_inputs())
 
     dtype, losses, window = model_dtype(tcfg.precision), LossMeter(run.device), ThroughputWindow()
     metrics: Dict[str, float] = {}
@@ -108,7 +109,8 @@ def _build_engine(cfg: FinetuneConfig, task: FinetuneTask, run: Run, resume_from
     """The task's model (pretrained weights loaded, checkpointing set, layer-decay groups) in a
     DeepSpeed engine; ``(engine, optimizer, a note on the weights)``."""
     model = build_model(task.build_model, run.ds_config, cfg.backbone.zero_init)
-    load_note = load_pretrained(model, cfg.backbone.pretrained) if cfg.backbone.pretrained else "from scratch"
+    load_note = (load_pretrained(model, cfg.backbone.pretrained, cfg.backbone.patch_embed_adapt)
+                 if cfg.backbone.pretrained else "from scratch")
     model.backbone.set_grad_checkpointing(cfg.backbone.grad_checkpointing,
                                           use_reentrant=cfg.backbone.checkpoint_use_reentrant)
     groups = build_param_groups(model, cfg.optim.weight_decay, layer_decay=cfg.optim.layer_decay,
@@ -153,15 +155,16 @@ def lr_at(cfg: FinetuneConfig, step: int, total_steps: int, steps_per_unit: int)
     return warmup_cosine(step, total_steps, s.warmup, peak, floor=s.min_lr)
 
 
-def load_pretrained(model: torch.nn.Module, path: str) -> str:
+def load_pretrained(model: torch.nn.Module, path: str, patch_embed_adapt: str = "timm") -> str:
     """Load backbone weights into ``model.backbone`` (plain or ZeRO-3 partitioned); returns a
-    one-line report."""
+    one-line report (with any patch-embedding adaptation)."""
     from ..checkpoint.loading import load_backbone
 
-    report = load_backbone(model, path, prefix="backbone.")
+    report = load_backbone(model, path, prefix="backbone.", patch_embed_adapt=patch_embed_adapt)
     step = report.metadata.get("step")
     return (f"pretrained {path}{f' (step {step})' if step is not None else ''}: {len(report.loaded)} "
-            f"tensors loaded, {len(report.missing_keys)} new, {len(report.dropped_keys)} dropped by design")
+            f"tensors loaded, {len(report.missing_keys)} new, {len(report.dropped_keys)} dropped by design"
+            + "".join(f"; {note}" for note in report.notes))
 
 
 def _evaluate(task: FinetuneTask, engine, eval_set, cfg: FinetuneConfig, run: Run, dtype: torch.dtype,

@@ -12,18 +12,26 @@ one exactly on CPU (and up to kernel non-determinism on GPU). A universal checkp
 (``rsfm convert reshard``) resumes on another number of ranks (:func:`~rsfm_ds.engine.loop.restore`
 says what is kept); the log line says so.
 
+Input bands: ``model.in_chans`` must equal the bands of the shards' manifest; it is checked
+before the process group or the model exists (:func:`check_data_fits_model`). A checkpoint's client
+state records the bands (``bands``: ``in_chans`` and, for shards of ``rsfm shards images``, their
+names and normalisation), which ``rsfm convert mae-to-backbone`` writes into the backbone file.
+
 A non-finite loss is recorded on the device without a host sync; it is checked at every log line
 and before every save, and stops all ranks together naming the first bad step and the rank, before
 anything is saved.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Dict
 
 import torch
 
 from ..config import to_dict
-from ..data.pretrain.loader import build_pretrain_loader
+from ..config import check
+from ..data.pretrain.loader import build_pretrain_loader, resolve_shards, sample_format
+from ..data.pretrain.manifest import Manifest
 from ..errors import DataError
 from .checkpointing import CheckpointManager, resume_ds_config
 from .config import PretrainConfig
@@ -42,6 +50,7 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
 
     Must run in every rank of the job (the launcher starts one process per device).
     """
+    manifest = check_data_fits_model(cfg)
     run = start_run(cfg.run_dir, cfg.train, cfg.optim.clip_grad)
     tcfg, ocfg, mcfg = cfg.train, cfg.optim, cfg.model
     steps_per_epoch = _steps_per_epoch(cfg, run)  # a data problem fails here, before any model exists
@@ -97,7 +106,8 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
                 losses.check_finite(str(ckpt.ckpt_dir))
                 counts.settle()
                 ckpt.save(engine, state.step, state.client_state(
-                    rng=rng_state(generator), config=to_dict(cfg), world_size=run.world, preset=mcfg.preset))
+                    rng=rng_state(generator), config=to_dict(cfg), world_size=run.world, preset=mcfg.preset,
+                    bands=band_metadata(manifest, mcfg.in_chans)))
         logger.line(f"done: {state.step} steps, {state.samples_seen} samples"
                     + (f" ({state.samples_skipped} skipped)" if state.samples_skipped else "")
                     + f"; checkpoints in {ckpt.ckpt_dir}")
@@ -105,6 +115,35 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
         logger.close()
     return dict(step=state.step, epoch=state.epoch, samples_seen=state.samples_seen, last_loss=last_loss,
                 run_dir=str(run.run_dir))
+
+
+def check_data_fits_model(cfg: PretrainConfig) -> Manifest:
+    """The run's manifest, after checking that its samples fit the model and the normalisation
+    rule of ``data.mean``/``data.std``.
+
+    Raises:
+        ConfigError: ``model.in_chans`` differs from the manifest's bands, or ``data.mean`` /
+            ``data.std`` is set for shards of ``rsfm shards images``.
+        DataError: the manifest cannot be read.
+    """
+    manifest, _ = resolve_shards(cfg.data)
+    where = cfg.data.manifest or cfg.data.shards
+    check(manifest.bands == cfg.model.in_chans, "model.in_chans",
+          f"{cfg.model.in_chans}, but the samples of {where} have {manifest.bands} bands "
+          f"({', '.join(manifest.band_names)}); set model.in_chans={manifest.bands}")
+    sample_format(cfg.data, manifest)
+    return manifest
+
+
+def band_metadata(manifest: Manifest, in_chans: int) -> Dict[str, str]:
+    """What a checkpoint records of its input bands: ``in_chans``, and for shards of ``rsfm shards
+    images`` their ``band_names``, ``band_mean`` and ``band_std`` (raw units), as JSON strings."""
+    meta = {"in_chans": str(in_chans)}
+    norm = manifest.normalization()
+    if norm is not None:
+        meta.update(band_names=json.dumps(list(manifest.band_names)), band_mean=json.dumps(list(norm.mean)),
+                    band_std=json.dumps(list(norm.std)))
+    return meta
 
 
 def _steps_per_epoch(cfg: PretrainConfig, run: Run) -> int:

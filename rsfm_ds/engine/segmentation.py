@@ -1,5 +1,14 @@
-"""Semantic segmentation fine-tuning: ViTDet backbone + UperNet on Potsdam, LoveDA or any
-mmseg-layout dataset, on the shared engine (``finetune.py``).
+"""Semantic segmentation fine-tuning: ViTDet backbone + UperNet on Potsdam, LoveDA, any
+mmseg-layout dataset or your own classes, on the shared engine (``finetune.py``).
+
+Own classes: ``data.dataset: folders`` reads ``img_dir/<split>/`` images of any raster format
+(8-bit RGB PNG / JPEG, multi-band GeoTIFF) and ``ann_dir/<split>/`` masks of the same stem
+(:mod:`rsfm_ds.data.seg.folders`), with the user's ``data.class_names`` (required; they name
+``IoU/<name>`` and ``F1/<name>`` in the metrics, the evaluation JSON and the report), an optional
+``data.palette`` for colour masks, and ``data.ignore_index``. Input bands and their normalisation:
+``data.bands``, ``data.band_mean`` / ``band_std`` / ``band_stats``, ``backbone.in_chans``
+(:mod:`rsfm_ds.engine.inputs`). ``mmseg`` is the same layout restricted to PNG images and index
+PNG masks, as before.
 
 Training reads mmseg's pipeline (``SegDataset``: random resize, random crop, flip, photometric
 distortion) and normalises the head with synchronised BatchNorm (``head.norm``, mmseg's SyncBN);
@@ -22,12 +31,14 @@ import torch.nn as nn
 from ..config import check, check_choices
 from ..data.seg.loveda import LOVEDA_CLASSES, loveda_pairs
 from ..data.seg.dataset import SegDataset, check_resize, mmseg_pairs
+from ..data.seg.folders import folder_pairs
 from ..data.seg.potsdam import class_names as potsdam_class_names
 from ..evaluation.seg_metrics import SegMetric, eval_record, metrics_from_confusion
 from ..evaluation.segmentation_results import write_index_png
 from ..evaluation.sliding_window import sliding_window_inference
 from ..models.heads import SegmentationModel, UperNetConfig
 from .config import FinetuneConfig, ScheduleConfig
+from .inputs import BandsConfig
 from .task import FinetuneTask
 
 
@@ -36,12 +47,13 @@ SPLIT_FOLDERS = {"train": "Train", "val": "Val"}
 
 
 @dataclass
-class SegDataConfig:
-    """Where the segmentation data is and how it is read."""
+class SegDataConfig(BandsConfig):
+    """Where the segmentation data is, which bands and classes, and how it is read."""
 
-    dataset: Literal["potsdam", "loveda", "mmseg"] = "potsdam"
-    """potsdam (the output of rsfm potsdam prepare), loveda (the raw LoveDA tree) or mmseg (any
-    img_dir/ann_dir layout with index PNGs)."""
+    dataset: Literal["potsdam", "loveda", "mmseg", "folders"] = "potsdam"
+    """potsdam (the output of rsfm potsdam prepare), loveda (the raw LoveDA tree), mmseg (any
+    img_dir/ann_dir layout with PNG images and index PNGs) or folders (your own classes: the same
+    layout with images of any raster format, index or colour masks, class_names required)."""
     root: str = "data/potsdam_prepared"
     """Dataset root."""
     train_splits: Tuple[str, ...] = ("train",)
@@ -52,7 +64,12 @@ class SegDataConfig:
     num_classes: int = 5
     """Scored classes (Potsdam 5 with clutter ignored, or 6; LoveDA 7)."""
     class_names: Optional[Tuple[str, ...]] = None
-    """Names for reports; null takes the dataset's."""
+    """Class names, in index order (IoU/<name> in metrics and reports); null takes the dataset's.
+    Required for dataset folders."""
+    palette: Optional[Tuple[Tuple[int, int, int], ...]] = None
+    """folders: the RGB colour of each class, in class order; masks are then colour masks
+    converted to indices (a colour outside the palette is an error naming the file). Null: masks
+    are index masks."""
     ignore_index: int = 255
     """Label value that is neither trained on nor scored."""
     crop_size: int = 512
@@ -80,7 +97,18 @@ class SegDataConfig:
     """Write index PNGs of the final evaluation to run_dir/eval/step_*/pred."""
 
     def __post_init__(self):
+        super().__post_init__()
         check_choices(self)
+        if self.dataset == "folders":
+            check(bool(self.class_names), "class_names", "required for dataset folders: the name of each class index")
+        check(self.palette is None or self.dataset == "folders", "palette",
+              "colour masks are read for dataset folders only")
+        if self.palette is not None:
+            check(len(self.palette) == self.num_classes, "palette",
+                  f"needs one colour per class ({self.num_classes}), got {len(self.palette)}")
+            check(all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in self.palette), "palette",
+                  "colours are [r, g, b] with values in 0..255")
+            check(len(set(map(tuple, self.palette))) == len(self.palette), "palette", "colours must be distinct")
         check(self.num_classes > 1, "num_classes", f"must be > 1, got {self.num_classes}")
         check(len(self.train_splits) > 0 and len(set(self.train_splits)) == len(self.train_splits),
               "train_splits", f"name one or more distinct splits, got {list(self.train_splits)}")
@@ -95,7 +123,10 @@ class SegDataConfig:
         check(0 < self.fraction <= 1, "fraction", f"must be in (0, 1], got {self.fraction}")
         check_resize(self.resize_scale, self.resize_ratio_range)
         check(self.class_names is None or len(self.class_names) == self.num_classes, "class_names",
-              f"needs num_classes={self.num_classes} names")
+              f"{len(self.class_names or ())} names but num_classes is {self.num_classes}; give one name per class "
+              f"and set num_classes to their count")
+        check(self.class_names is None or len(set(self.class_names)) == len(self.class_names), "class_names",
+              f"names must be distinct, got {list(self.class_names or ())}")
 
 
 @dataclass
@@ -139,6 +170,8 @@ class SegmentationTask(FinetuneTask):
         d = self.cfg.data
         if d.dataset == "loveda":
             return [p for split in splits for p in loveda_pairs(d.root, SPLIT_FOLDERS[split])]
+        if d.dataset == "folders":
+            return [p for split in splits for p in folder_pairs(d.root, split)]
         return [p for split in splits for p in mmseg_pairs(d.root, split)]
 
     def train_dataset(self) -> SegDataset:
@@ -147,12 +180,14 @@ class SegmentationTask(FinetuneTask):
                           resize_ratio_range=d.resize_ratio_range, cat_max_ratio=d.cat_max_ratio,
                           photometric=d.photometric, ignore_index=d.ignore_index,
                           reduce_zero_label=d.dataset == "loveda", fraction=d.fraction,
-                          fraction_seed=d.fraction_seed, seed=self.cfg.seed, num_classes=d.num_classes)
+                          fraction_seed=d.fraction_seed, seed=self.cfg.seed, num_classes=d.num_classes,
+                          inputs=self.inputs(), palette=d.palette)
 
     def eval_dataset(self) -> SegDataset:
         d = self.cfg.data
         return SegDataset(self._pairs((d.val_split,)), train=False, ignore_index=d.ignore_index,
-                          reduce_zero_label=d.dataset == "loveda", num_classes=d.num_classes)
+                          reduce_zero_label=d.dataset == "loveda", num_classes=d.num_classes,
+                          inputs=self.inputs(), palette=d.palette)
 
     def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         out = {"image": torch.stack([s["image"] for s in samples]), "name": [s["name"] for s in samples]}

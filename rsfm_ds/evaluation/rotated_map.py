@@ -275,7 +275,8 @@ def class_list(dataset: str) -> Tuple[str, ...]:
 
 
 def load_ground_truth(labels: PathLike, dataset: str = "dota2",
-                      image_ids: Optional[Sequence[str]] = None) -> Dict[str, GroundTruth]:
+                      image_ids: Optional[Sequence[str]] = None,
+                      classes: Optional[Sequence[str]] = None) -> Dict[str, GroundTruth]:
     """Ground truth of ``dataset`` from ``labels``: ``{image id: objects}``.
 
     Args:
@@ -284,12 +285,13 @@ def load_ground_truth(labels: PathLike, dataset: str = "dota2",
         dataset: see :func:`class_list`.
         image_ids: evaluate only these images (e.g. DIOR-R's ``ImageSets/Main/test.txt``);
             default every annotation file.
+        classes: an own class list for DOTA-format labels (replaces the dataset's).
 
     Raises:
         DataError: no annotation folder, or a listed image without its file.
         AnnotationError: a malformed annotation file.
     """
-    classes = class_list(dataset)
+    classes = tuple(classes) if classes else class_list(dataset)
     if dataset == "dior":
         return dict(load_dior_annotations(labels, image_ids))
     folder = Path(labels)
@@ -305,17 +307,21 @@ def load_ground_truth(labels: PathLike, dataset: str = "dota2",
 
 
 def evaluate_task1(det_dir: PathLike, labels: PathLike, dataset: str = "dota2",
-                   protocol: MapProtocol = DEVKIT, image_ids: Optional[Sequence[str]] = None) -> MapResult:
+                   protocol: MapProtocol = DEVKIT, image_ids: Optional[Sequence[str]] = None,
+                   classes: Optional[Sequence[str]] = None) -> MapResult:
     """Evaluate a folder of ``Task1_<class>.txt`` files against annotation files.
 
-    See :func:`load_ground_truth` for ``labels`` and ``image_ids``.
+    See :func:`load_ground_truth` for ``labels``, ``image_ids`` and ``classes`` (an own class list
+    of DOTA-format labels).
 
     Raises:
         DataError (AnnotationError): unreadable inputs (the message names the file).
         DataError: no Task1 file or no detection at all, no annotation, or detections on an image
             without ground truth: an input that leaves nothing to evaluate is refused.
     """
-    classes = class_list(dataset)
+    if classes and dataset == "dior":
+        raise ConfigError("classes: an own class list needs DOTA-format labels, not dataset dior")
+    classes = tuple(classes) if classes else class_list(dataset)
     det_dir = Path(det_dir)
     if det_dir.is_dir() and not any(det_dir.glob(f"{TASK1_PREFIX}*.txt")):
         others = sorted(p.name for p in det_dir.iterdir())
@@ -324,7 +330,7 @@ def evaluate_task1(det_dir: PathLike, labels: PathLike, dataset: str = "dota2",
     detections = read_task1_dir(det_dir, classes)
     if not any(len(d) for d in detections.values()):
         raise DataError(f"{det_dir}: the {TASK1_PREFIX}<class>.txt files hold no detection, nothing to evaluate")
-    ground_truth = load_ground_truth(labels, dataset, image_ids)
+    ground_truth = load_ground_truth(labels, dataset, image_ids, classes)
     if not ground_truth:
         raise DataError(f"{labels}: no annotation files, nothing to evaluate against")
     return evaluate_rotated_map(detections, ground_truth, classes, protocol)

@@ -5,6 +5,11 @@ those enter the encoder, which is why MAE pretraining of billion-parameter encod
 light decoder sees the encoded tokens plus a shared mask token at every removed position and
 predicts the pixels of each patch; the loss is the mean squared error on the *masked* patches only,
 optionally against per-patch normalised pixels (``norm_pix_loss``), and is returned by ``forward``.
+
+Any number of input bands (``in_chans``): the patch embedding takes ``C`` channels and the decoder
+predicts ``p*p*C`` values per patch; the target of a patch covers all of its bands, and with
+``norm_pix_loss`` it is normalised over all ``p*p*C`` values together, as facebookresearch/mae's
+``models_mae.py`` (``patchify`` / ``forward_loss``) does with its ``in_chans``.
 """
 from __future__ import annotations
 
@@ -186,6 +191,9 @@ class MAEConfig:
     """MAE decoder (width, depth, heads); null takes the preset's."""
     fused_attn: bool = True
     """scaled_dot_product_attention kernels (flash / memory-efficient on GPU)."""
+    in_chans: int = 3
+    """Input bands; must equal the bands of the pretraining shards (3 for MillionAID, the
+    manifest's ``samples.bands`` for shards of ``rsfm shards images``)."""
 
     def __post_init__(self):
         check(self.preset in PRESETS, "preset", f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
@@ -194,33 +202,35 @@ class MAEConfig:
               f"must be a positive multiple of the patch size {patch}, got {self.img_size}")
         check(0.0 < self.mask_ratio < 1.0, "mask_ratio", f"must be in (0, 1), got {self.mask_ratio}")
         check(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
+        check(self.in_chans >= 1, "in_chans", f"must be >= 1, got {self.in_chans}")
 
     def build(self) -> "MaskedAutoencoder":
         return create_mae(self.preset, img_size=self.img_size, norm_pix_loss=self.norm_pix_loss,
                           mask_ratio=self.mask_ratio, drop_path_rate=self.drop_path_rate, fused_attn=self.fused_attn,
-                          decoder=self.decoder)
+                          decoder=self.decoder, in_chans=self.in_chans)
 
     def train_flops(self) -> int:
         """Model FLOPs of one training sample (:func:`mae_train_flops`)."""
-        return mae_train_flops(self.preset, self.img_size, self.mask_ratio, self.decoder)
+        return mae_train_flops(self.preset, self.img_size, self.mask_ratio, self.decoder, self.in_chans)
 
 
 def create_mae(preset: str, img_size: int = 224, norm_pix_loss: bool = True,
                mask_ratio: float = 0.75, drop_path_rate: float = 0.0, fused_attn: bool = True,
-               decoder: Optional[Tuple[int, int, int]] = None) -> MaskedAutoencoder:
-    """MAE for a registered preset; ``decoder=(width, depth, heads)`` overrides the preset's."""
+               decoder: Optional[Tuple[int, int, int]] = None, in_chans: int = 3) -> MaskedAutoencoder:
+    """MAE for a registered preset and ``in_chans`` input bands; ``decoder=(width, depth, heads)``
+    overrides the preset's."""
     from .presets import create_vit
 
     p = get_preset(preset)
     encoder = create_vit(preset, img_size=img_size, drop_path_rate=drop_path_rate,
-                         fused_attn=fused_attn, class_token=True)
+                         fused_attn=fused_attn, class_token=True, in_chans=in_chans)
     dim, depth, heads = decoder or p.decoder
     return MaskedAutoencoder(encoder, decoder_dim=dim, decoder_depth=depth, decoder_heads=heads,
                              norm_pix_loss=norm_pix_loss, mask_ratio=mask_ratio)
 
 
 def mae_train_flops(preset: str, img_size: int = 224, mask_ratio: float = 0.75,
-                    decoder: Optional[Tuple[int, int, int]] = None) -> int:
+                    decoder: Optional[Tuple[int, int, int]] = None, in_chans: int = 3) -> int:
     """Model FLOPs of one MAE training sample: 3 x forward (backward = 2 x forward), encoder on the
     visible tokens plus the decoder on all tokens; recomputation by activation checkpointing is
     not counted (the MFU convention)."""
@@ -232,8 +242,8 @@ def mae_train_flops(preset: str, img_size: int = 224, mask_ratio: float = 0.75,
     kept = int(round(patches * (1 - mask_ratio))) + 1
     n = patches + 1
     block = 2 * n * dim * 3 * dim + 4 * n * n * dim + 2 * n * dim * dim + 2 * n * dim * 4 * dim * 2
-    dec = 2 * kept * p.embed_dim * dim + depth * block + 2 * patches * dim * p.patch_size ** 2 * 3
-    return 3 * (encoder_flops(preset, img_size, keep_ratio=1 - mask_ratio) + dec)
+    dec = 2 * kept * p.embed_dim * dim + depth * block + 2 * patches * dim * p.patch_size ** 2 * in_chans
+    return 3 * (encoder_flops(preset, img_size, keep_ratio=1 - mask_ratio, in_chans=in_chans) + dec)
 
 
 __all__ = ["MAEConfig", "MaskedAutoencoder", "create_mae", "patchify", "unpatchify", "random_masking",

@@ -98,19 +98,19 @@ def count_trainable(model) -> int:
 
 
 def encoder_flops(preset: str, img_size: int = 224, keep_ratio: float = 1.0,
-                  class_token: bool = True) -> int:
+                  class_token: bool = True, in_chans: int = 3) -> int:
     """Forward FLOPs (2 x multiply-adds) of the encoder on one image.
 
     Counts the matrix products (patch projection, qkv, attention scores, attention-weighted values,
     output projection, MLP); norms, activations and softmax are below 1% and left out, as fvcore
     and torch's FlopCounterMode do. ``keep_ratio`` is the fraction of patch tokens that enter the
-    encoder (0.25 for MAE at 75% masking).
+    encoder (0.25 for MAE at 75% masking); ``in_chans`` the bands of the patch projection.
     """
     p = get_preset(preset)
     d, m = p.embed_dim, p.mlp_dim
     patches = (img_size // p.patch_size) ** 2
     n = round(patches * keep_ratio) + (1 if class_token else 0)
-    embed = 2 * patches * (3 * p.patch_size ** 2) * d  # the projection runs before masking
+    embed = 2 * patches * (in_chans * p.patch_size ** 2) * d  # the projection runs before masking
     attn = 2 * n * d * 3 * d + 2 * n * n * d * 2 + 2 * n * d * d
     mlp = 2 * n * d * m * 2
     return embed + p.depth * p.num_branches * (attn + mlp)

@@ -497,6 +497,10 @@ class ViTDetConfig:
     pretrain_img_size: int = 224
     """Pretraining resolution in pixels: the grid of the "interpolate" table (224 as detectron2's
     ViT); set it to the MAE run's img_size so that the pretrained table is used as it was."""
+    in_chans: int = 3
+    """Input channels of the patch embedding: the band count of the images after data.bands
+    (3 for RGB; e.g. 4 for RGB + near infrared). A pretrained backbone of another band count is
+    adapted (backbone.patch_embed_adapt, docs/checkpoints.md)."""
 
     def __post_init__(self):
         check(self.preset in PRESETS, "preset", f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
@@ -512,13 +516,15 @@ class ViTDetConfig:
         patch = PRESETS[self.preset].patch_size
         check(self.pretrain_img_size > 0 and self.pretrain_img_size % patch == 0, "pretrain_img_size",
               f"must be a positive multiple of the patch size {patch}, got {self.pretrain_img_size}")
+        check(self.in_chans >= 1, "in_chans", f"must be >= 1, got {self.in_chans}")
 
     def build(self, extra_p6: bool = False) -> "ViTDetBackbone":
         """The backbone; ``extra_p6`` adds the stride-64 level (detection)."""
         return create_vitdet(self.preset, self.img_size, window_size=self.window_size,
                              global_attn_indexes=self.global_attn_indexes, drop_path_rate=self.drop_path_rate,
                              out_channels=self.out_channels, use_rel_pos=self.use_rel_pos, extra_p6=extra_p6,
-                             abs_pos=self.abs_pos, pretrain_img_size=self.pretrain_img_size)
+                             abs_pos=self.abs_pos, pretrain_img_size=self.pretrain_img_size,
+                             in_chans=self.in_chans)
 
 
 def create_vitdet(preset: str, img_size: int, window_size: int = 14,

@@ -9,7 +9,10 @@ Sources (each gives :class:`DetRecord` s: an image path and its objects as polyg
 
 :class:`DetectionDataset` turns a record into a sample (see :meth:`DetectionDataset.__getitem__`):
 
-1. read the image (OpenCV, converted to RGB);
+1. read the image: 8-bit RGB files (PNG / JPEG / BMP) with OpenCV, converted to RGB; other rasters
+   (multi-band GeoTIFF, a ``data.bands`` selection) through :func:`~rsfm_ds.data.raster.read_raster`,
+   ``[H, W, C]`` in the file's data type; the band count must equal the backbone's ``in_chans``
+   (:class:`~rsfm_ds.data.bands.InputBands`);
 2. resize, keeping the aspect ratio, so that the longer side is ``img_size`` (mmrotate's
    ``RResize`` with ``keep_ratio=True``; skipped when already that size). Boxes scale by the same
    factor; OpenCV rounds the new sides to whole pixels, so the image's true per-axis factor differs
@@ -21,7 +24,10 @@ Sources (each gives :class:`DetRecord` s: an image path and its objects as polyg
    centre leaves the image or whose side is 5 px or less, and refuses a sample left without
    objects, which is then replaced by another image drawn at random, as mmdet's
    ``CustomDataset.__getitem__`` does);
-4. normalise with the ImageNet mean/std (mmrotate's ``Normalize``, RGB).
+4. normalise per band, ``(raw - mean) / std`` in raw units (mmrotate's ``Normalize``; ImageNet's
+   mean/std x 255 for 8-bit RGB, the run's statistics otherwise: :mod:`rsfm_ds.engine.inputs`).
+
+Geometric augmentations (resize, flips, quarter turns, rotation) act on any band count.
 
 Objects are converted once, from polygons to le90 boxes (:func:`~rsfm_ds.ops.rotated.polygon_to_box`,
 the minimum-area rectangle), and the augmentations transform the *boxes*
@@ -42,6 +48,7 @@ the same augmentations.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -60,9 +67,14 @@ from .dior import image_path as dior_image_path
 from .dior import load_dior_annotations, read_image_set
 from .dota import DotaAnnotation, parse_dota_label
 from .split import IMAGE_EXTENSIONS
-from ..images import IMAGENET_MEAN, IMAGENET_STD, read_rgb
+from ..bands import InputBands
+from ..images import read_rgb
+from ..raster import RASTERIO_SUFFIXES
 
+log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
+FOLDER_IMAGE_SUFFIXES = tuple(IMAGE_EXTENSIONS) + tuple(s for s in RASTERIO_SUFFIXES if s not in IMAGE_EXTENSIONS)
+"""Image files of a DOTA-format folder: DOTA's own (PNG, JPEG, BMP, TIFF) and any raster GDAL reads."""
 SIZE_DIVISOR = 32
 """Batches are padded to a multiple of the coarsest RoI stride (mmrotate's ``Pad``)."""
 
@@ -95,19 +107,21 @@ class DetRecord:
 
 
 def _find_image(folder: Path, stem: str) -> Optional[Path]:
-    for ext in IMAGE_EXTENSIONS:
+    for ext in FOLDER_IMAGE_SUFFIXES:
         path = folder / f"{stem}{ext}"
         if path.is_file():
             return path
     return None
 
 
-def dota_records(folder: PathLike, classes: Sequence[str]) -> List[DetRecord]:
+def dota_records(folder: PathLike, classes: Sequence[str], skip_unknown: bool = False) -> List[DetRecord]:
     """Records of a DOTA-format folder, sorted by image id.
 
     Args:
         folder: holds ``images/`` and, when labelled, ``labelTxt/``.
-        classes: the dataset's class list (labels index it; an unknown class name is an error).
+        classes: the dataset's class list (labels index it; an unknown class name is an error
+            naming ``file:line``, as mmrotate's ``DOTADataset`` fails on it).
+        skip_unknown: drop objects of other class names instead, logging their counts.
 
     Raises:
         DataError: no ``images/`` folder or no image in it, or ``labelTxt/`` exists but
@@ -119,20 +133,26 @@ def dota_records(folder: PathLike, classes: Sequence[str]) -> List[DetRecord]:
     if not image_dir.is_dir():
         raise DataError(f"{image_dir}: no such folder (expected a DOTA-format folder with "
                         f"images/ and labelTxt/)")
-    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in FOLDER_IMAGE_SUFFIXES)
     if not images:
-        raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise DataError(f"{image_dir}: no images ({', '.join(FOLDER_IMAGE_SUFFIXES)})")
     labelled = label_dir.is_dir()
     records = []
+    unknown: Dict[str, int] = {}
     for path in images:
         if labelled:
             label = label_dir / f"{path.stem}.txt"
             if not label.is_file():
                 raise DataError(f"{label}: no label file for image {path.name}")
-            ann = parse_dota_label(label, classes)
+            ann = parse_dota_label(label, classes, skip_unknown=skip_unknown)
+            for name, count in ann.unknown.items():
+                unknown[name] = unknown.get(name, 0) + count
         else:
             ann = DotaAnnotation(np.zeros((0, 8)), [], [], classes=tuple(classes))
         records.append(DetRecord(path.stem, path, ann.polygons, ann.labels, ann.difficult, labelled))
+    if unknown:
+        log.warning("%s: skipped %d objects of classes outside data.classes (%s)", label_dir,
+                    sum(unknown.values()), ", ".join(f"{k} {v}" for k, v in sorted(unknown.items())))
     return records
 
 
@@ -190,6 +210,8 @@ class DetectionDataset(Dataset):
             (training; None: off).
         keep_difficult: keep difficult objects as training targets (mmrotate's default).
         filter_empty: training skips images without (kept) objects.
+        inputs: bands read, their normalisation and the backbone's channel count (8-bit RGB with
+            ImageNet's statistics by default); the first image is checked at construction.
     """
 
     MAX_REDRAWS = 1000
@@ -198,7 +220,7 @@ class DetectionDataset(Dataset):
     def __init__(self, records: Sequence[DetRecord], img_size: int, train: bool,
                  hflip_prob: float = 0.5, vflip_prob: float = 0.5, rot90_prob: float = 0.0,
                  rotate: Optional[RandomRotate] = None, keep_difficult: bool = True,
-                 filter_empty: bool = True):
+                 filter_empty: bool = True, inputs: InputBands = InputBands()):
         records = list(records)
         if train:
             if not keep_difficult:
@@ -214,14 +236,15 @@ class DetectionDataset(Dataset):
         self.img_size, self.train = img_size, train
         self.hflip_prob, self.vflip_prob, self.rot90_prob = hflip_prob, vflip_prob, rot90_prob
         self.rotate = rotate
-        self.mean = np.asarray(IMAGENET_MEAN, dtype=np.float32) * 255
-        self.std = np.asarray(IMAGENET_STD, dtype=np.float32) * 255
+        self.inputs = inputs
+        # A band count that does not fit ``inputs`` fails here, before any model is built.
+        self.inputs.check_file(records[0].image_path)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
-        """A sample: ``image`` float32 ``[3, h, w]`` (normalised), ``boxes`` float32 ``[N, 5]``
+        """A sample: ``image`` float32 ``[C, h, w]`` (normalised), ``boxes`` float32 ``[N, 5]``
         le90 in the sample's pixels, ``labels`` int64 ``[N]``, ``image_id``, ``scale`` (resize
         factor from the file's pixels; un-augmented samples map back by dividing by it) and
         ``image_size`` ``(h, w)``.
@@ -241,7 +264,7 @@ class DetectionDataset(Dataset):
                         f"data.rotate_allow_negative")
 
     def _load(self, record: DetRecord) -> Optional[Dict[str, Any]]:
-        img = read_rgb(record.image_path)
+        img = self.inputs.read(record.image_path, read_rgb)
         boxes = polygon_to_box(torch.from_numpy(record.polygons).double())
         labels = record.labels.copy()
         height, width = img.shape[:2]
@@ -257,7 +280,7 @@ class DetectionDataset(Dataset):
                 if rotated is None:
                     return None
                 img, boxes, labels = rotated
-        img = (img.astype(np.float32) - self.mean) / self.std
+        img = self.inputs.normalize(img)
         return {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
                 "boxes": boxes.float(), "labels": torch.from_numpy(np.ascontiguousarray(labels)),
                 "image_id": record.image_id, "scale": scale, "image_size": tuple(img.shape[:2])}
@@ -281,7 +304,7 @@ class DetectionDataset(Dataset):
 def collate_detection(samples: Sequence[Dict[str, Any]], size_divisor: int = SIZE_DIVISOR
                       ) -> Dict[str, Any]:
     """Samples -> the batch :class:`~rsfm_ds.models.heads.OrientedRCNN` reads: ``images``
-    ``[B, 3, H, W]`` zero-padded bottom/right to the largest sample rounded up to
+    ``[B, C, H, W]`` zero-padded bottom/right to the largest sample rounded up to
     ``size_divisor``; ``image_sizes``, ``boxes``, ``labels``, ``image_ids``, ``scales`` as lists."""
     height = max(s["image"].shape[1] for s in samples)
     width = max(s["image"].shape[2] for s in samples)

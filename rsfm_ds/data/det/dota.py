@@ -67,6 +67,8 @@ class DotaAnnotation:
         source: the ``imagesource:`` header, or None.
         gsd: the ``gsd:`` header in metres/pixel, or None (absent or ``null``).
         skipped: malformed lines skipped (only with ``lenient=True``).
+        unknown: objects of class names outside ``classes``, skipped (only with
+            ``skip_unknown=True``), by name.
     """
 
     polygons: np.ndarray
@@ -76,6 +78,7 @@ class DotaAnnotation:
     source: Optional[str] = None
     gsd: Optional[float] = None
     skipped: int = 0
+    unknown: Dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.polygons = np.asarray(self.polygons, dtype=np.float32).reshape(-1, 8)
@@ -144,7 +147,7 @@ def _object_fields(parts: List[str], where: str) -> Tuple[List[float], str, int]
 
 
 def parse_dota_lines(lines: Iterable[str], source_name: str, classes: Sequence[str] = DOTA_V2_CLASSES,
-                     lenient: bool = False) -> DotaAnnotation:
+                     lenient: bool = False, skip_unknown: bool = False) -> DotaAnnotation:
     """Parse the lines of a DOTA label file; ``source_name`` names it in error messages.
 
     Args:
@@ -153,6 +156,8 @@ def parse_dota_lines(lines: Iterable[str], source_name: str, classes: Sequence[s
         classes: the allowed class names; labels index into it.
         lenient: skip malformed lines and count them in ``skipped`` instead of raising.
             Unknown class names are an error either way (a wrong class list is not noise).
+        skip_unknown: drop objects of class names outside ``classes`` and count them in
+            ``unknown`` (own-class datasets that label more classes than they train on).
 
     Raises:
         AnnotationError: a malformed line (unless lenient), a repeated or late header, or an
@@ -165,6 +170,7 @@ def parse_dota_lines(lines: Iterable[str], source_name: str, classes: Sequence[s
     difficult: List[int] = []
     headers: Dict[str, object] = {}
     skipped = 0
+    unknown: Dict[str, int] = {}
     for lineno, line in enumerate(lines, start=1):
         text = line.strip()
         if not text:
@@ -188,6 +194,9 @@ def parse_dota_lines(lines: Iterable[str], source_name: str, classes: Sequence[s
                 raise
             skipped += 1
             continue
+        if name not in index and skip_unknown:
+            unknown[name] = unknown.get(name, 0) + 1
+            continue
         if name not in index:
             raise AnnotationError(f"{where}: class: unknown class {name!r} (known: {', '.join(classes)})")
         polys.append(coords)
@@ -195,11 +204,11 @@ def parse_dota_lines(lines: Iterable[str], source_name: str, classes: Sequence[s
         difficult.append(flag)
     return DotaAnnotation(polygons=np.asarray(polys, dtype=np.float32).reshape(-1, 8), labels=labels,
                           difficult=difficult, classes=classes, source=headers.get("imagesource"),
-                          gsd=headers.get("gsd"), skipped=skipped)
+                          gsd=headers.get("gsd"), skipped=skipped, unknown=unknown)
 
 
 def parse_dota_label(path: PathLike, classes: Sequence[str] = DOTA_V2_CLASSES,
-                     lenient: bool = False) -> DotaAnnotation:
+                     lenient: bool = False, skip_unknown: bool = False) -> DotaAnnotation:
     """Read one ``labelTxt/<id>.txt`` file. See :func:`parse_dota_lines`.
 
     Raises:
@@ -213,7 +222,7 @@ def parse_dota_label(path: PathLike, classes: Sequence[str] = DOTA_V2_CLASSES,
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, which some editors add, is dropped
     except UnicodeDecodeError as e:
         raise AnnotationError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return parse_dota_lines(text.splitlines(), str(path), classes, lenient)
+    return parse_dota_lines(text.splitlines(), str(path), classes, lenient, skip_unknown)
 
 
 def load_dota_labels(label_dir: PathLike, classes: Sequence[str] = DOTA_V2_CLASSES,

@@ -10,7 +10,7 @@ Guarantees (docs/shards.md has the full statement):
   size, ``num_workers``, ``shuffle_buffer``, ``drop_last``); :meth:`PretrainLoader.state_dict` and
   :func:`loader_state_to_start` resume mid-epoch with neither repeats nor gaps, without decoding the
   batches that are skipped;
-- a corrupt JPEG, a truncated or unreadable shard is skipped, counted in :attr:`PretrainLoader.stats`
+- a corrupt JPEG or ``.npy``, a truncated or unreadable shard is skipped, counted in :attr:`PretrainLoader.stats`
   and logged; it never stops training. A batch whose samples all failed is replaced by one
   mean-grey image (key ``PAD_KEY``), counted as padded, so batch counts stay equal.
 
@@ -19,10 +19,16 @@ DataLoader worker ``w`` makes batches ``j = w (mod K)``, which is the order the 
 in; decoding uses OpenCV with reduced-size JPEG decoding (transforms.py), one thread per worker.
 Workers hand over augmented ``uint8`` pixels; ``PretrainBatch.images`` normalises them to float in
 one vectorised op where they are used, ``PretrainBatch.normalized(device)`` on the device.
+
+Own imagery (``rsfm shards images``, ``.npy`` samples ``[C, H, W]`` of any band count and type):
+the same crop and flip draws on the raw array (transforms.py), batches in the stored type (uint16
+stays uint16 until the device), normalised per band with the manifest's statistics in raw units.
+MillionAID samples keep the JPEG path above unchanged.
 """
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -40,7 +46,7 @@ from .manifest import (Manifest, ShardIntegrityError, load_manifest, local_path,
 from ..processes import process_context, worker_initializer
 from .shard_reader import RawSample, SampleReader, SkipEvent
 from ..images import IMAGENET_MEAN, IMAGENET_STD
-from .transforms import CropFlip, hwc_to_chw, normalize_batch
+from .transforms import CropFlip, batch_dtype, hwc_to_chw, normalize_batch
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +73,12 @@ class PretrainDataConfig:
     """RandomResizedCrop aspect ratio range (width / height)."""
     hflip: bool = True
     """Random horizontal flips."""
-    mean: Tuple[float, float, float] = IMAGENET_MEAN
-    """Per-channel RGB mean subtracted after scaling to [0, 1]."""
-    std: Tuple[float, float, float] = IMAGENET_STD
-    """Per-channel RGB standard deviation divided by."""
+    mean: Optional[Tuple[float, float, float]] = None
+    """MillionAID (8-bit RGB JPEG) shards only: per-channel RGB mean subtracted after scaling to
+    [0, 1]; null takes ImageNet's. Shards of ``rsfm shards images`` are always normalised with
+    their manifest's per-band statistics (raw units), and a value here is refused for them."""
+    std: Optional[Tuple[float, float, float]] = None
+    """MillionAID shards only: per-channel RGB standard deviation divided by; null takes ImageNet's."""
     mode: Literal["exact", "resampled"] = "exact"
     """"exact": every sample once per epoch over all ranks; "resampled": ``batches_per_epoch``
     batches per rank from shards drawn with replacement."""
@@ -110,8 +118,8 @@ class PretrainDataConfig:
         check(0 < lo <= hi <= 1, "crop_scale", f"need 0 < min <= max <= 1, got {self.crop_scale}")
         check(0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio",
               f"need 0 < min <= max, got {self.crop_ratio}")
-        check(len(self.mean) == 3, "mean", f"needs 3 values, got {self.mean}")
-        check(len(self.std) == 3 and all(s > 0 for s in self.std), "std",
+        check(self.mean is None or len(self.mean) == 3, "mean", f"needs 3 values, got {self.mean}")
+        check(self.std is None or (len(self.std) == 3 and all(s > 0 for s in self.std)), "std",
               f"needs 3 positive values, got {self.std}")
         if self.mode == "resampled":
             check(self.batches_per_epoch is not None and self.batches_per_epoch > 0,
@@ -129,32 +137,37 @@ class PretrainBatch:
     """One batch of one rank."""
 
     pixels: torch.Tensor
-    """``uint8 [B, 3, S, S]`` RGB, augmented; ``B`` is the planned size minus skipped samples."""
+    """``[B, C, S, S]`` augmented, not normalised: ``uint8`` RGB for MillionAID, the stored type
+    (:func:`~.transforms.batch_dtype`) for raster samples; ``B`` is the planned size minus skipped
+    samples."""
     keys: List[str]
     """Sample keys (``<shard>-<index>``; the shard's json record has the source path)."""
     index: int
     """Batch index within this rank's epoch."""
-    mean: Tuple[float, float, float] = IMAGENET_MEAN
-    std: Tuple[float, float, float] = IMAGENET_STD
+    mean: Tuple[float, ...] = IMAGENET_MEAN
+    std: Tuple[float, ...] = IMAGENET_STD
     skipped: Tuple[SkipEvent, ...] = ()
     """Planned samples of this batch that could not be delivered."""
     padded: bool = False
     """True when every planned sample failed and ``pixels`` is one mean-grey placeholder."""
+    unit: float = 255.0
+    """``mean``/``std`` are in units of ``pixels / unit``: 255 for ImageNet's [0, 1] RGB statistics,
+    1 for raw per-band statistics."""
 
     def __len__(self) -> int:
         return len(self.keys)
 
     @cached_property
     def images(self) -> torch.Tensor:
-        """``float32 [B, 3, S, S]``, normalised with ``mean``/``std``; made on first access."""
-        return normalize_batch(self.pixels, self.mean, self.std)
+        """``float32 [B, C, S, S]``, normalised with ``mean``/``std``; made on first access."""
+        return normalize_batch(self.pixels, self.mean, self.std, self.unit)
 
     def normalized(self, device: Union[str, torch.device, None] = None,
                    dtype: torch.dtype = torch.float32, non_blocking: bool = False) -> torch.Tensor:
-        """:attr:`images` on ``device`` in ``dtype``, normalised *there*: the uint8 pixels are
-        moved (4x fewer bytes than float) and the conversion runs on the device."""
+        """:attr:`images` on ``device`` in ``dtype``, normalised *there*: the stored pixels are
+        moved (4x fewer bytes than float for uint8) and the conversion runs on the device."""
         pixels = self.pixels.to(device, non_blocking=non_blocking) if device is not None else self.pixels
-        return normalize_batch(pixels, self.mean, self.std).to(dtype)
+        return normalize_batch(pixels, self.mean, self.std, self.unit).to(dtype)
 
     def pin_memory(self) -> "PretrainBatch":
         """Called by the DataLoader's pinning thread when ``pin_memory`` is on."""
@@ -209,14 +222,52 @@ def _identity(x: Any) -> Any:
     return x
 
 
+_TORCH_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16, "int16": torch.int16,
+                 "float32": torch.float32, "float64": torch.float64}  # every transforms.RESIZE_DTYPES
+
+
+@dataclass(frozen=True)
+class SampleFormat:
+    """What the samples of a manifest hold and how batches of them are normalised."""
+
+    member: str
+    """``jpg`` (MillionAID) or ``npy`` (own imagery)."""
+    bands: int
+    dtype: str
+    """Stored numpy type (uint8 for JPEG)."""
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    unit: float
+    """Units of ``mean``/``std`` (:attr:`PretrainBatch.unit`)."""
+
+
+def sample_format(cfg: PretrainDataConfig, manifest: Manifest) -> SampleFormat:
+    """The samples of ``manifest`` and their normalisation under ``cfg`` (the rule of
+    :attr:`PretrainDataConfig.mean`).
+
+    Raises:
+        ConfigError: ``data.mean``/``data.std`` set for a manifest of ``rsfm shards images``.
+    """
+    if not manifest.is_raster:
+        return SampleFormat("jpg", 3, "uint8", tuple(cfg.mean or IMAGENET_MEAN), tuple(cfg.std or IMAGENET_STD),
+                            255.0)
+    for name in ("mean", "std"):
+        check(getattr(cfg, name) is None, f"data.{name}",
+              f"leave it null for {cfg.shards}: shards of `rsfm shards images` are normalised with their "
+              f"manifest's per-band statistics (raw units), ImageNet's RGB values would not fit them")
+    norm = manifest.normalization()
+    return SampleFormat("npy", manifest.bands, manifest.dtype, norm.mean, norm.std, 1.0)
+
+
 class _EpochDataset(IterableDataset):
     """One rank's epoch, as the DataLoader's workers see it: each makes its planned batches."""
 
-    def __init__(self, plan: EpochPlan, urls: Sequence[str], start_batch: int, cfg: PretrainDataConfig):
+    def __init__(self, plan: EpochPlan, urls: Sequence[str], start_batch: int, cfg: PretrainDataConfig,
+                 fmt: SampleFormat):
         super().__init__()
-        self.plan, self.urls, self.start_batch = plan, list(urls), start_batch
+        self.plan, self.urls, self.start_batch, self.fmt = plan, list(urls), start_batch, fmt
         self.crop = CropFlip(cfg.img_size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.hflip)
-        self.mean, self.std = tuple(cfg.mean), tuple(cfg.std)
+        self.mean, self.std = fmt.mean, fmt.std
 
     def __iter__(self) -> Iterator[PretrainBatch]:
         info = get_worker_info()
@@ -235,6 +286,8 @@ class _EpochDataset(IterableDataset):
             yield self._make_batch(j, reader.take(positions))
 
     def _make_batch(self, index: int, items: List[Any]) -> PretrainBatch:
+        if self.fmt.member == "npy":
+            return self._make_array_batch(index, items)
         size = self.crop.size
         pixels = torch.empty((len(items), 3, size, size), dtype=torch.uint8)
         if get_worker_info() is not None:
@@ -251,7 +304,10 @@ class _EpochDataset(IterableDataset):
                 skipped.append(item)
                 continue
             rng = np.random.default_rng(augment_seed(p.seed, p.epoch, p.rank, index, slot))
-            if self.crop.apply_into(item.jpg, rng, scratch, _declared_size(item)):
+            if item.member != "jpg":
+                skipped.append(SkipEvent("bad_record", item.key, item.url, f"a .{item.member} sample in "
+                                                                            f"a MillionAID manifest"))
+            elif self.crop.apply_into(item.data, rng, scratch, _declared_size(item)):
                 hwc_to_chw(scratch, batch[len(keys)])
                 keys.append(item.key)
             else:
@@ -261,6 +317,52 @@ class _EpochDataset(IterableDataset):
             return PretrainBatch(grey.expand(1, 3, size, size).clone(), [PAD_KEY], index, self.mean,
                                  self.std, tuple(skipped), True)
         return PretrainBatch(pixels[:len(keys)], keys, index, self.mean, self.std, tuple(skipped))
+
+    def _make_array_batch(self, index: int, items: List[Any]) -> PretrainBatch:
+        """A batch of raster samples: ``[B, C, S, S]`` in :func:`~.transforms.batch_dtype`."""
+        size, fmt, p = self.crop.size, self.fmt, self.plan
+        dtype = batch_dtype(fmt.dtype)
+        pixels = torch.empty((len(items), fmt.bands, size, size), dtype=_TORCH_DTYPES[dtype.name])
+        if get_worker_info() is not None:
+            pixels.share_memory_()  # as in _make_batch: saves the copy into shared memory
+        batch = pixels.numpy()
+        keys: List[str] = []
+        skipped: List[SkipEvent] = []
+        for slot, item in enumerate(items):
+            if isinstance(item, SkipEvent):
+                skipped.append(item)
+                continue
+            array, problem = _load_npy(item, fmt)
+            if array is None:
+                skipped.append(SkipEvent("corrupt_npy" if item.member == "npy" else "bad_record", item.key,
+                                         item.url, problem))
+                continue
+            rng = np.random.default_rng(augment_seed(p.seed, p.epoch, p.rank, index, slot))
+            self.crop.apply_array_into(array, rng, batch[len(keys)])
+            keys.append(item.key)
+        if not keys:
+            grey = np.asarray(fmt.mean, np.float64)
+            if np.issubdtype(dtype, np.integer):
+                info = np.iinfo(dtype)
+                grey = np.clip(np.round(grey), info.min, info.max)
+            fill = torch.from_numpy(grey.astype(dtype)).view(1, fmt.bands, 1, 1)
+            return PretrainBatch(fill.expand(1, fmt.bands, size, size).clone(), [PAD_KEY], index, self.mean,
+                                 self.std, tuple(skipped), True, fmt.unit)
+        return PretrainBatch(pixels[:len(keys)], keys, index, self.mean, self.std, tuple(skipped), unit=fmt.unit)
+
+
+def _load_npy(item: RawSample, fmt: SampleFormat) -> Tuple[Optional[np.ndarray], str]:
+    """The sample's ``[C, H, W]`` array, or None and why it cannot be used."""
+    if item.member != "npy":
+        return None, f"a .{item.member} sample in a manifest of .npy samples"
+    try:
+        array = np.load(io.BytesIO(item.data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        return None, f"not a loadable .npy: {e}"
+    if array.ndim != 3 or array.shape[0] != fmt.bands or array.dtype.name != fmt.dtype or min(array.shape[1:]) < 1:
+        return None, (f"array {array.dtype.name} {tuple(array.shape)}, the manifest says {fmt.bands} bands "
+                      f"of {fmt.dtype}")
+    return array, ""
 
 
 def _declared_size(item: RawSample) -> Optional[Tuple[int, int]]:
@@ -282,6 +384,7 @@ class PretrainLoader:
                  batch_size: int, rank: int, world_size: int, epoch: int = 0, start_batch: int = 0):
         self.cfg, self.manifest, self.urls = cfg, manifest, list(urls)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.format = sample_format(cfg, manifest)
         self.stats = LoaderStats()
         self._logged = 0
         self.set_epoch(epoch, start_batch)
@@ -311,7 +414,7 @@ class PretrainLoader:
 
     def __iter__(self) -> Iterator[PretrainBatch]:
         cfg = self.cfg
-        dataset = _EpochDataset(self.plan, self.urls, self.start_batch, cfg)
+        dataset = _EpochDataset(self.plan, self.urls, self.start_batch, cfg, self.format)
         workers = {}
         if cfg.num_workers > 0:
             workers = dict(num_workers=cfg.num_workers, worker_init_fn=worker_initializer(),

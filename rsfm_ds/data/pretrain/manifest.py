@@ -4,6 +4,13 @@ A manifest describes one split of one dataset written as WebDataset tar shards: 
 sample count, byte size and sha256, the class list, totals, the source files that were skipped (and
 why), and the options the shards were written with. The loader plans exact epochs from the sample
 counts; :func:`verify_shards` checks shards against sizes and checksums. Format: docs/shards.md.
+
+Format versions: 1 (MillionAID shards: ``.jpg`` samples) and 2, which adds the optional fields of
+own-imagery shards (``rsfm shards images``: ``.npy`` samples): ``samples`` (what a sample holds:
+member kind, bands, band names, data type, nodata), ``band_stats`` (per-band statistics over the
+valid pixels), ``normalization`` (the per-band mean / std the loader applies, raw units),
+``num_windows_low_valid`` and a per-shard ``stats``. Version 2 is a superset of version 1, so both
+are read; a version-1 manifest describes ``.jpg`` samples normalised with ImageNet's statistics.
 """
 from __future__ import annotations
 
@@ -18,9 +25,11 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from ...errors import DataError
+from ..raster import BandNormalization
 
 FORMAT = "rsfm-ds/webdataset-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 VERIFY_LEVELS = ("none", "size", "sha256")
 
@@ -60,6 +69,9 @@ class ShardRecord:
     plan_sha256: str
     """Fingerprint of what was planned into it (source paths, sizes, mtimes, options): a re-run
     keeps the shard only if the plan is unchanged and the file still matches ``sha256``."""
+    stats: Optional[Dict[str, Any]] = None
+    """Own-imagery shards: per-band moments of the valid pixels of its samples and the count of
+    windows left out for too few valid pixels (:mod:`.band_stats`); None for MillionAID shards."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,49 @@ class Manifest:
     root: str = ""
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
+    samples: Optional[Dict[str, Any]] = None
+    """What a sample holds (own imagery): ``{"member": "npy", "bands", "band_names", "dtype",
+    "nodata"}``; None means MillionAID's ``.jpg`` RGB samples."""
+    band_stats: Optional[Dict[str, List[Optional[float]]]] = None
+    """Per-band ``count``, ``mean``, ``std``, ``min``, ``max`` over the valid pixels of every sample."""
+    normalization_stats: Optional[Dict[str, Any]] = None
+    """``{"mean": [...], "std": [...], "source": "measured" | "imagenet"}`` in raw units: what the
+    loader (and a backbone converted from a run on these shards) normalises with."""
+
+    @property
+    def is_raster(self) -> bool:
+        """True for ``.npy`` samples of ``rsfm shards images``; False for MillionAID ``.jpg`` samples."""
+        return self.samples is not None
+
+    @property
+    def bands(self) -> int:
+        """Bands of every sample (3 for MillionAID)."""
+        return int(self.samples["bands"]) if self.samples is not None else 3
+
+    @property
+    def band_names(self) -> Tuple[str, ...]:
+        """Band names of the samples, in stored order (red, green, blue for MillionAID)."""
+        if self.samples is None:
+            return ("red", "green", "blue")
+        return tuple(str(n) for n in self.samples["band_names"])
+
+    @property
+    def dtype(self) -> str:
+        """numpy name of the stored pixel type (uint8 for MillionAID)."""
+        return str(self.samples["dtype"]) if self.samples is not None else "uint8"
+
+    @property
+    def num_windows_low_valid(self) -> int:
+        """Windows left out because they had fewer valid pixels than ``--min-valid`` asked."""
+        return sum(int((s.stats or {}).get("low_valid", 0)) for s in self.shards)
+
+    def normalization(self) -> Optional[BandNormalization]:
+        """The per-band normalisation of these samples in raw units; None for a MillionAID manifest
+        (its 8-bit RGB JPEGs take :data:`~rsfm_ds.data.raster.IMAGENET_RAW`)."""
+        if self.normalization_stats is None:
+            return None
+        return BandNormalization(tuple(float(v) for v in self.normalization_stats["mean"]),
+                                 tuple(float(v) for v in self.normalization_stats["std"]))
 
     @property
     def num_samples(self) -> int:
@@ -116,8 +171,12 @@ class Manifest:
             "num_bytes": self.num_bytes,
             "num_skipped": len(self.skipped),
             "classes": [{"index": c.index, "name": c.name, "path": list(c.path)} for c in self.classes],
-            "shards": [dataclasses.asdict(s) for s in self.shards],
+            "shards": [{k: v for k, v in dataclasses.asdict(s).items() if k != "stats" or v is not None}
+                       for s in self.shards],
             "skipped": [dataclasses.asdict(s) for s in self.skipped],
+            **({"samples": self.samples, "band_stats": self.band_stats,
+                "normalization": self.normalization_stats,
+                "num_windows_low_valid": self.num_windows_low_valid} if self.samples is not None else {}),
         }
 
     @classmethod
@@ -131,9 +190,10 @@ class Manifest:
         if need(tree, "format", "") != FORMAT:
             raise ManifestError(f"{where}: format: expected {FORMAT!r}, got {tree['format']!r}")
         version = need(tree, "format_version", "")
-        if version != FORMAT_VERSION:
-            raise ManifestError(f"{where}: format_version: this rsfm-ds reads version "
-                                f"{FORMAT_VERSION}, the file is version {version}; rewrite the shards")
+        if version not in READ_VERSIONS:
+            raise ManifestError(f"{where}: format_version: this rsfm-ds reads versions "
+                                f"{', '.join(map(str, READ_VERSIONS))}, the file is version {version}; "
+                                f"rewrite the shards")
         try:
             shards = []
             for i, s in enumerate(need(tree, "shards", "")):
@@ -141,19 +201,33 @@ class Manifest:
                 shards.append(ShardRecord(
                     name=str(need(s, "name", ctx)), samples=int(need(s, "samples", ctx)),
                     bytes=int(need(s, "bytes", ctx)), sha256=str(need(s, "sha256", ctx)),
-                    plan_sha256=str(s.get("plan_sha256", ""))))
+                    plan_sha256=str(s.get("plan_sha256", "")), stats=s.get("stats")))
             classes = [ClassRecord(index=int(need(c, "index", f"classes[{i}].")),
                                    path=tuple(need(c, "path", f"classes[{i}].")))
                        for i, c in enumerate(need(tree, "classes", ""))]
             skipped = [SkippedFile(path=str(s["path"]), reason=str(s["reason"]), shard=s.get("shard"))
                        for s in tree.get("skipped", [])]
+            samples = tree.get("samples")
+            norm = tree.get("normalization")
+            if samples is not None:
+                for key in ("member", "bands", "band_names", "dtype"):
+                    need(samples, key, "samples.")
+                if len(samples["band_names"]) != int(samples["bands"]):
+                    raise ManifestError(f"{where}: samples.band_names: {len(samples['band_names'])} names "
+                                        f"for {samples['bands']} bands")
+                for key in ("mean", "std"):
+                    if len(need(norm, key, "normalization.")) != int(samples["bands"]):
+                        raise ManifestError(f"{where}: normalization.{key}: {len(norm[key])} values for "
+                                            f"{samples['bands']} bands")
         except (TypeError, ValueError, KeyError) as e:
             if isinstance(e, ManifestError):
                 raise
             raise ManifestError(f"{where}: malformed entry: {e!r}") from None
         return cls(dataset=str(need(tree, "dataset", "")), split=str(need(tree, "split", "")),
                    shards=shards, classes=classes, skipped=skipped,
-                   options=dict(tree.get("options", {})), root=str(tree.get("root", "")))
+                   options=dict(tree.get("options", {})), root=str(tree.get("root", "")),
+                   format_version=int(version), samples=samples, band_stats=tree.get("band_stats"),
+                   normalization_stats=norm)
 
 
 def load_manifest(path: Union[str, Path]) -> Manifest:

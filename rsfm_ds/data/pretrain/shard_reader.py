@@ -25,10 +25,11 @@ from .shards import parse_sample_key, sample_key
 
 SKIP_REASONS: Dict[str, str] = {
     "corrupt_jpeg": "the .jpg member does not decode",
+    "corrupt_npy": "the .npy member does not load, or its bands / data type differ from the manifest's",
     "truncated_shard": "the shard ended or failed to read before this sample was complete",
     "missing_sample": "the shard was read to its end without holding this sample",
     "unreadable_shard": "the shard could not be opened",
-    "bad_record": "the sample has no .jpg member",
+    "bad_record": "the sample has no .jpg or .npy member",
 }
 
 
@@ -45,13 +46,16 @@ class SkipEvent:
 
 @dataclass(frozen=True)
 class RawSample:
-    """One sample as stored: JPEG bytes and its json record."""
+    """One sample as stored: its image member's bytes and its json record."""
 
     key: str
     url: str
-    jpg: bytes
+    data: bytes
+    """The bytes of the ``.jpg`` (MillionAID) or ``.npy`` (own imagery) member."""
     record: Optional[dict]
     """The ``.json`` member parsed; None when absent or not JSON."""
+    member: str = "jpg"
+    """Which member ``data`` is: ``jpg`` or ``npy``."""
 
 
 Item = Union[RawSample, SkipEvent]
@@ -129,16 +133,16 @@ def _seek_tar_files(stream, url: str, select: Callable[[str], bool],
 
 def _item(sample: Dict[str, object], url: str, errors: List[str]) -> Item:
     key = str(sample["__key__"])
-    jpg = sample.get("jpg")
-    if not isinstance(jpg, bytes):
+    member = next((m for m in ("jpg", "npy") if isinstance(sample.get(m), bytes)), None)
+    if member is None:
         # A tar cut inside a sample leaves its first members only.
         return SkipEvent("truncated_shard" if errors else "bad_record", key, url,
-                         errors[0] if errors else "no .jpg member")
+                         errors[0] if errors else "no .jpg or .npy member")
     try:
         record = json.loads(sample["json"]) if "json" in sample else None
     except (ValueError, TypeError):
         record = None
-    return RawSample(key, url, jpg, record if isinstance(record, dict) else None)
+    return RawSample(key, url, sample[member], record if isinstance(record, dict) else None, member)
 
 
 class SampleReader:

@@ -1,5 +1,9 @@
 """Write MillionAID as WebDataset tar shards plus ``manifest.json``, in parallel and resumably.
 
+The planning, writing, journaling and resume machinery (:func:`plan_shards`,
+:func:`write_planned_shards`, :func:`finish_shards`) is shared with own imagery
+(:mod:`.scenes`, ``rsfm shards images``), which plugs in its own :class:`SampleEncoder`.
+
 Per sample (key ``<shard:06d>-<index:06d>``; docs/shards.md):
   ``.jpg``  the source JPEG bytes, unchanged unless ``max_side`` asks for a re-encode;
   ``.cls``  the leaf class index (ASCII digits);
@@ -29,7 +33,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -38,7 +42,7 @@ import webdataset as wds
 from ...errors import DataError, few, writing
 from ...config import check
 from ..jpeg import decode_jpeg, jpeg_size
-from .manifest import (FORMAT_VERSION, MANIFEST_NAME, ClassRecord, Manifest, ManifestError, ShardRecord,
+from .manifest import (MANIFEST_NAME, ClassRecord, Manifest, ManifestError, ShardRecord,
                        SkippedFile, load_manifest, save_manifest, sha256_file)
 from .millionaid import SourceImage, scan_millionaid
 from ..processes import process_context, worker_initializer
@@ -82,20 +86,27 @@ class WriteOptions:
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """The sources planned into one shard."""
+    """The sources planned into one shard (:class:`SourceImage` or any frozen dataclass with a
+    ``size`` in bytes, e.g. a scene window of ``rsfm shards images``)."""
 
     index: int
     name: str
-    images: Tuple[SourceImage, ...]
+    images: Tuple[Any, ...]
     fingerprint: str
 
 
-def plan_shards(images: Sequence[SourceImage], prefix: str, maxcount: int, maxsize: int,
-                shuffle_seed: Optional[int], options: WriteOptions) -> List[ShardPlan]:
+# Version of the sample layout inside the plan fingerprint. The manifest went to format version 2
+# without changing MillionAID samples, so their shards of an earlier release are still kept.
+PLAN_VERSION = 1
+
+
+def plan_shards(images: Sequence[Any], prefix: str, maxcount: int, maxsize: int,
+                shuffle_seed: Optional[int], options: Any) -> List[ShardPlan]:
     """Pack ``images`` into shards of at most ``maxcount`` samples and ~``maxsize`` bytes.
 
-    Sizes are those of the source files (plus tar overhead); with ``max_side`` the written shards
-    can only be smaller. A single file larger than ``maxsize`` gets a shard of its own.
+    Sizes are those of the sources (plus tar overhead); with ``max_side`` the written shards
+    can only be smaller. A single source larger than ``maxsize`` gets a shard of its own.
+    ``options`` (a dataclass) is part of every fingerprint.
     """
     check(maxcount >= 1, "maxcount", f"must be >= 1, got {maxcount}")
     check(maxsize >= 1, "maxsize", f"must be >= 1, got {maxsize}")
@@ -103,7 +114,7 @@ def plan_shards(images: Sequence[SourceImage], prefix: str, maxcount: int, maxsi
     if shuffle_seed is not None:
         perm = np.random.default_rng(shuffle_seed).permutation(len(order))
         order = [order[i] for i in perm]
-    groups: List[List[SourceImage]] = []
+    groups: List[List[Any]] = []
     size = 0
     for image in order:
         cost = image.size + TAR_OVERHEAD
@@ -114,7 +125,7 @@ def plan_shards(images: Sequence[SourceImage], prefix: str, maxcount: int, maxsi
         size += cost
     plans = []
     for i, group in enumerate(groups):
-        h = hashlib.sha256(json.dumps({"format_version": FORMAT_VERSION, "index": i,
+        h = hashlib.sha256(json.dumps({"format_version": PLAN_VERSION, "index": i,
                                        "options": dataclasses.asdict(options),
                                        "images": [dataclasses.astuple(im) for im in group]}).encode())
         plans.append(ShardPlan(i, shard_name(prefix, i), tuple(group), h.hexdigest()))
@@ -131,6 +142,34 @@ class _HashingWriter:
         self.hash.update(data)
         self.bytes += len(data)
         return self.f.write(data)
+
+
+class SampleEncoder(Protocol):
+    """Turns the planned sources of one shard into sample members; picklable (sent to workers)."""
+
+    def encode_shard(self, items: Sequence[Any]) -> Iterator[Tuple[Any, Optional[Dict[str, bytes]], str]]:
+        """``(item, members without key, "")`` per sample, or ``(item, None, reason)`` to skip it."""
+
+    def shard_stats(self) -> Optional[Dict[str, Any]]:
+        """What the shard's record stores beyond counts (None: nothing); read after
+        :meth:`encode_shard` is exhausted."""
+
+
+@dataclass(frozen=True)
+class MillionAIDEncoder:
+    """MillionAID samples: the JPEG bytes (re-encoded only for ``max_side``), class and record."""
+
+    root: Path
+    classes: Tuple[ClassRecord, ...]
+    options: WriteOptions
+
+    def encode_shard(self, items: Sequence[SourceImage]
+                     ) -> Iterator[Tuple[SourceImage, Optional[Dict[str, bytes]], str]]:
+        for image in items:
+            yield (image, *_encode_sample(self.root, image, self.classes, self.options))
+
+    def shard_stats(self) -> Optional[Dict[str, Any]]:
+        return None
 
 
 def _encode_sample(root: Path, image: SourceImage, classes: Sequence[ClassRecord],
@@ -166,8 +205,7 @@ def _encode_sample(root: Path, image: SourceImage, classes: Sequence[ClassRecord
             "json": json.dumps(record).encode()}, ""
 
 
-def write_shard(plan: ShardPlan, root: Path, out: Path, classes: Sequence[ClassRecord],
-                options: WriteOptions) -> Tuple[ShardRecord, List[SkippedFile]]:
+def write_shard(plan: ShardPlan, out: Path, encoder: SampleEncoder) -> Tuple[ShardRecord, List[SkippedFile]]:
     """Write one shard (temp file, fsync, rename) and return its record and skipped sources."""
     tmp = out / f".{plan.name}.tmp{os.getpid()}"
     skipped: List[SkippedFile] = []
@@ -178,8 +216,7 @@ def write_shard(plan: ShardPlan, root: Path, out: Path, classes: Sequence[ClassR
             # Fixed metadata (mtime 0, fixed owner and mode) makes shards byte-reproducible; an
             # integer mtime also keeps tarfile from adding a PAX header to every member.
             with wds.TarWriter(sink, encoder=False, mtime=0) as tar:
-                for image in plan.images:
-                    members, reason = _encode_sample(root, image, classes, options)
+                for image, members, reason in encoder.encode_shard(plan.images):
                     if members is None:
                         skipped.append(SkippedFile(image.relpath, reason, shard=plan.name))
                         continue
@@ -190,7 +227,8 @@ def write_shard(plan: ShardPlan, root: Path, out: Path, classes: Sequence[ClassR
         os.replace(tmp, out / plan.name)
     finally:
         tmp.unlink(missing_ok=True)
-    record = ShardRecord(plan.name, n, sink.bytes, sink.hash.hexdigest(), plan.fingerprint)
+    record = ShardRecord(plan.name, n, sink.bytes, sink.hash.hexdigest(), plan.fingerprint,
+                         encoder.shard_stats())
     return record, skipped
 
 
@@ -225,8 +263,7 @@ def _previous_records(out: Path) -> Dict[str, _Previous]:
     return found
 
 
-def _build(plan: ShardPlan, previous: Optional[_Previous], root: Path, out: Path,
-           classes: Sequence[ClassRecord], options: WriteOptions
+def _build(plan: ShardPlan, previous: Optional[_Previous], out: Path, encoder: SampleEncoder
            ) -> Tuple[str, ShardRecord, List[SkippedFile]]:
     """Keep the finished shard if it verifies, else write it: ``(action, record, skipped)``."""
     path = out / plan.name
@@ -234,8 +271,66 @@ def _build(plan: ShardPlan, previous: Optional[_Previous], root: Path, out: Path
             and path.stat().st_size == previous.record.bytes
             and sha256_file(path) == previous.record.sha256):
         return "kept", previous.record, previous.skipped
-    record, skipped = write_shard(plan, root, out, classes, options)
+    record, skipped = write_shard(plan, out, encoder)
     return "written", record, skipped
+
+
+def write_planned_shards(plans: Sequence[ShardPlan], out: Path, encoder: SampleEncoder, workers: int,
+                         log: Optional[Callable[[str], None]]
+                         ) -> Tuple[List[ShardRecord], List[SkippedFile], Dict[str, List[str]]]:
+    """Write (or keep) every planned shard, ``workers`` at a time, journaling each finished one.
+
+    Returns the shard records in plan order, the sources skipped while writing, and the shard
+    names per action (``written``, ``kept``). The caller saves the manifest, then calls
+    :func:`finish_shards`.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_records(out)
+    for plan in plans[:1]:
+        prefix = plan.name.rsplit("-", 1)[0]
+        for stale in out.glob(f".{prefix}-*.tar.tmp*"):  # temp files of a crashed run
+            stale.unlink()
+    results: Dict[int, Tuple[ShardRecord, List[SkippedFile]]] = {}
+    actions: Dict[str, List[str]] = {"written": [], "kept": []}
+    with open(out / JOURNAL_NAME, "a") as journal:
+        def finish(i: int, action: str, record: ShardRecord, skipped: List[SkippedFile]) -> None:
+            results[i] = (record, skipped)
+            actions[action].append(record.name)
+            journal.write(json.dumps({"shard": dataclasses.asdict(record),
+                                      "skipped": [dataclasses.asdict(s) for s in skipped]}) + "\n")
+            journal.flush()
+            if log is not None:
+                log(f"[{len(results)}/{len(plans)}] {action} {record.name}: {record.samples} samples, "
+                    f"{record.bytes / 1e6:.1f} MB" + (f", {len(skipped)} skipped" if skipped else ""))
+
+        args = [(p, previous.get(p.name), out, encoder) for p in plans]
+        if workers == 1:
+            for i, a in enumerate(args):
+                finish(i, *_build(*a))
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=process_context(),
+                                     initializer=worker_initializer()) as pool:
+                futures = {pool.submit(_build, *a): i for i, a in enumerate(args)}
+                for future in as_completed(futures):
+                    finish(futures[future], *future.result())
+    records = [results[i][0] for i in range(len(plans))]
+    skipped = [s for i in range(len(plans)) for s in results[i][1]]
+    return records, skipped, actions
+
+
+def finish_shards(manifest: Manifest, out: Path, prefix: str,
+                  log: Optional[Callable[[str], None]]) -> None:
+    """Save ``manifest`` into ``out``, drop the journal and the shards of ``prefix`` it does not list."""
+    save_manifest(manifest, out / MANIFEST_NAME)
+    (out / JOURNAL_NAME).unlink()
+    # Shards of an earlier run with other settings (another --maxcount: more or fewer shards)
+    # that this manifest does not list would be picked up by a glob over the folder: remove them.
+    listed = {r.name for r in manifest.shards}
+    removed = sorted(p.name for p in out.glob(f"{prefix}-*.tar") if p.name not in listed)
+    for name in removed:
+        (out / name).unlink()
+    if removed and log is not None:
+        log(f"removed {len(removed)} shard(s) of an earlier run that this manifest does not list: {few(removed)}")
 
 
 @dataclass
@@ -280,53 +375,15 @@ def write_millionaid_shards(root: Union[str, Path], out: Union[str, Path], split
     if not scan.images:
         raise DataError(f"{root / split}: no .jpg images in the class tree")
     options = WriteOptions(max_side=max_side, jpeg_quality=jpeg_quality, validate=validate)
-    plans = plan_shards(scan.images, f"millionaid-{split}", maxcount, maxsize, shuffle_seed, options)
-    out.mkdir(parents=True, exist_ok=True)
-    previous = _previous_records(out)
-    for stale in out.glob(".millionaid-*.tar.tmp*"):  # temp files of a crashed run
-        stale.unlink()
-
-    results: Dict[int, Tuple[ShardRecord, List[SkippedFile]]] = {}
-    actions: Dict[str, List[str]] = {"written": [], "kept": []}
-    with open(out / JOURNAL_NAME, "a") as journal:
-        def finish(i: int, action: str, record: ShardRecord, skipped: List[SkippedFile]) -> None:
-            results[i] = (record, skipped)
-            actions[action].append(record.name)
-            journal.write(json.dumps({"shard": dataclasses.asdict(record),
-                                      "skipped": [dataclasses.asdict(s) for s in skipped]}) + "\n")
-            journal.flush()
-            if log is not None:
-                log(f"[{len(results)}/{len(plans)}] {action} {record.name}: {record.samples} samples, "
-                    f"{record.bytes / 1e6:.1f} MB" + (f", {len(skipped)} skipped" if skipped else ""))
-
-        args = [(p, previous.get(p.name), root, out, scan.classes, options) for p in plans]
-        if workers == 1:
-            for i, a in enumerate(args):
-                finish(i, *_build(*a))
-        else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=process_context(),
-                                     initializer=worker_initializer()) as pool:
-                futures = {pool.submit(_build, *a): i for i, a in enumerate(args)}
-                for future in as_completed(futures):
-                    finish(futures[future], *future.result())
-
+    prefix = f"millionaid-{split}"
+    plans = plan_shards(scan.images, prefix, maxcount, maxsize, shuffle_seed, options)
+    encoder = MillionAIDEncoder(root, tuple(scan.classes), options)
+    records, skipped, actions = write_planned_shards(plans, out, encoder, workers, log)
     manifest = Manifest(
-        dataset="millionaid", split=split,
-        shards=[results[i][0] for i in range(len(plans))],
-        classes=scan.classes,
-        skipped=sorted(scan.skipped + [s for i in range(len(plans)) for s in results[i][1]],
-                       key=lambda s: s.path),
+        dataset="millionaid", split=split, shards=records, classes=scan.classes,
+        skipped=sorted(scan.skipped + skipped, key=lambda s: s.path),
         options={"maxcount": maxcount, "maxsize": maxsize, "shuffle_seed": shuffle_seed,
                  **dataclasses.asdict(options)},
         root=str(root.resolve()))
-    save_manifest(manifest, out / MANIFEST_NAME)
-    (out / JOURNAL_NAME).unlink()
-    # Shards of an earlier run with other settings (another --maxcount: more or fewer shards)
-    # that this manifest does not list would be picked up by a glob over the folder: remove them.
-    listed = {r.name for r in manifest.shards}
-    removed = sorted(p.name for p in out.glob(f"millionaid-{split}-*.tar") if p.name not in listed)
-    for name in removed:
-        (out / name).unlink()
-    if removed and log is not None:
-        log(f"removed {len(removed)} shard(s) of an earlier run that this manifest does not list: {few(removed)}")
+    finish_shards(manifest, out, prefix, log)
     return WriteReport(out / MANIFEST_NAME, manifest, actions["written"], actions["kept"])

@@ -8,6 +8,12 @@ batch to float in one vectorised pass where it is consumed. Sending uint8 from t
 workers instead of float costs 4x less shared memory: on this 2-core box a fresh float batch in
 shared memory cost ~0.6 ms per image in page faults alone, more than the resize.
 
+Raster samples (``.npy`` of ``rsfm shards images``: ``[C, H, W]``, any band count, any numeric
+type) take :meth:`CropFlip.apply_array_into`: the same crop and flip draws, resized band-last by
+OpenCV in the stored type (bilinear handles any channel count; the area filter at most 4, so it
+runs on groups of 4 bands), and :func:`normalize_batch` with ``unit=1`` normalises per band in raw
+units, ``(raw - mean) / std``.
+
 The crop sampling reproduces ``torchvision.transforms.RandomResizedCrop.get_params`` (10 tries of a
 random area and log-uniform aspect ratio, then a centred fallback), so the augmentation
 distribution matches the pipeline MAE users run with torchvision.
@@ -113,6 +119,47 @@ class CropFlip:
             cv2.flip(out, 1, dst=out)
         return True
 
+    def apply_array_into(self, pixels: np.ndarray, rng: np.random.Generator, out: np.ndarray) -> None:
+        """Crop, resize and maybe flip ``pixels [C, H, W]`` into ``out [C, S, S]``.
+
+        The crop and flip are drawn from ``rng`` exactly as :meth:`apply_into` draws them; the
+        resize is bilinear, or the area filter when it shrinks more than 2x (where bilinear
+        aliases). ``out``'s dtype must be :func:`batch_dtype` of ``pixels``'s.
+        """
+        _, height, width = pixels.shape
+        crop = sample_resized_crop(rng, width, height, self.scale, self.ratio)
+        flip = self.hflip and rng.random() < 0.5
+        region = pixels[:, crop.top:crop.top + crop.height, crop.left:crop.left + crop.width]
+        if region.dtype != out.dtype:
+            region = region.astype(out.dtype)
+        shrink = min(crop.height, crop.width) / self.size
+        resize_bands(region, self.size, cv2.INTER_AREA if shrink > 2 else cv2.INTER_LINEAR, out)
+        if flip:
+            out[...] = out[:, :, ::-1].copy()
+
+
+# Types OpenCV resizes and torch holds; other types are converted to float32 for the batch.
+RESIZE_DTYPES = ("uint8", "uint16", "int16", "float32", "float64")
+_AREA_MAX_CHANNELS = 4  # cv2.resize's INTER_AREA asserts cn <= 4
+
+
+def batch_dtype(dtype: str) -> np.dtype:
+    """The numpy type raster samples of ``dtype`` are cropped and batched in."""
+    return np.dtype(dtype if dtype in RESIZE_DTYPES else "float32")
+
+
+def resize_bands(region: np.ndarray, size: int, interp: int, out: np.ndarray) -> None:
+    """Resize ``region [C, h, w]`` into ``out [C, size, size]`` (same dtype), all bands at once.
+
+    OpenCV resizes interleaved ``[h, w, C]`` images; bilinear takes any ``C``, the area filter at
+    most 4, so the area filter runs on groups of 4 bands.
+    """
+    hwc = np.ascontiguousarray(region.transpose(1, 2, 0))
+    step = hwc.shape[2] if interp != cv2.INTER_AREA else _AREA_MAX_CHANNELS
+    for c0 in range(0, hwc.shape[2], step):
+        part = cv2.resize(np.ascontiguousarray(hwc[:, :, c0:c0 + step]), (size, size), interpolation=interp)
+        out[c0:c0 + step] = part.reshape(size, size, -1).transpose(2, 0, 1)
+
 
 def hwc_to_chw(image: np.ndarray, out: np.ndarray) -> None:
     """Copy ``uint8 [S, S, 3]`` into ``out`` ``[3, S, S]`` (plane by plane: the fastest way here)."""
@@ -120,12 +167,21 @@ def hwc_to_chw(image: np.ndarray, out: np.ndarray) -> None:
         out[c] = plane
 
 
-def normalize_batch(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``uint8 [B, 3, S, S]`` RGB -> ``float32 [B, 3, S, S]`` with ``(x / 255 - mean) / std``.
+def normalize_batch(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                    unit: float = 255.0) -> torch.Tensor:
+    """``[B, C, S, S]`` (any numeric type) -> ``float32 [B, C, S, S]`` with ``(x / unit - mean) / std``
+    per channel: ``unit=255`` with ImageNet's [0, 1] statistics for 8-bit RGB, ``unit=1`` with raw
+    per-band statistics for raster samples.
 
     One vectorised conversion and one in-place affine op over the whole batch, on ``pixels``'s
-    device: moving uint8 pixels to a GPU first and normalising there moves 4x fewer bytes.
+    device: moving uint8 pixels to a GPU first and normalising there moves 4x fewer bytes. Float
+    pixels that are NaN or infinite (a NaN nodata kept inside a window) become 0, the band mean,
+    instead of making the loss non-finite.
     """
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=pixels.device).view(1, 3, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=pixels.device).view(1, 3, 1, 1)
-    return pixels.to(torch.float32).mul_(scale).add_(shift)
+    c = pixels.shape[1]
+    scale = torch.tensor([1.0 / (unit * s) for s in std], device=pixels.device).view(1, c, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=pixels.device).view(1, c, 1, 1)
+    out = pixels.to(torch.float32).mul_(scale).add_(shift)
+    if pixels.is_floating_point():
+        torch.nan_to_num_(out, nan=0.0, posinf=0.0, neginf=0.0)
+    return out

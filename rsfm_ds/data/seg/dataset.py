@@ -10,7 +10,10 @@ Training transforms, in the order of mmseg's ``train_pipeline`` (``configs/_base
 of ``crop_size`` (with mmseg's ``cat_max_ratio``: up to 10 draws until no single class covers
 ``cat_max_ratio`` or more of the crop's scored pixels), random horizontal / vertical flip,
 optional photometric distortion (mmseg's ``PhotoMetricDistortion``: brightness, contrast,
-saturation, hue, each with probability 1/2), normalisation, and padding to ``crop_size`` (image 0,
+saturation, hue, each with probability 1/2; defined through HSV on 8-bit RGB, so images of
+other band counts or pixel types skip it, as a per-band hue or saturation has no meaning),
+normalisation per band (:class:`~rsfm_ds.data.bands.InputBands`: ImageNet's statistics x 255 for
+8-bit RGB, the run's per-band statistics otherwise), and padding to ``crop_size`` (image 0,
 label ``ignore_index``) where the image is smaller. Evaluation (``train=False``) returns the whole
 normalised image and its label; the caller slides windows (:mod:`rsfm_ds.evaluation.sliding_window`).
 
@@ -30,9 +33,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ...errors import ConfigError, DataError, few
+from .folders import read_mask
 from .labels import apply_reduce_zero_label
+from ..bands import InputBands
 from ..subsets import select_fraction
-from ..images import IMAGENET_MEAN, IMAGENET_STD
 
 Pair = Tuple[Path, Optional[Path]]
 
@@ -114,15 +118,27 @@ def check_resize(scale: Optional[Tuple[int, int]], ratio_range: Tuple[float, flo
                           f"resize_ratio_range leaves no pixel")
 
 
+def _read_rgb(path: Path) -> np.ndarray:
+    """``uint8 [H, W, 3]`` RGB through mmcv (mmseg's ``LoadImageFromFile``)."""
+    import mmcv
+
+    image = mmcv.imread(str(path), flag="color", channel_order="rgb")
+    if image is None:
+        raise DataError(f"{path}: not a readable image")
+    return image
+
+
 class SegDataset(Dataset):
     """Images and index labels for training (randomly resized crops) or evaluation (whole images).
 
-    Items: ``{"image": float32 [3, H, W] normalised, "label": int64 [H, W] (ignore_index unscored),
+    Items: ``{"image": float32 [C, H, W] normalised, "label": int64 [H, W] (ignore_index unscored),
     "name": str}``; training crops have ``H = W = crop_size``. Pairs without a label (LoveDA Test)
     give no ``"label"``.
 
     Args:
-        pairs: ``(image path, label path or None)``; labels are single-channel uint8 PNGs.
+        pairs: ``(image path, label path or None)``; images are 8-bit RGB files or any raster
+            (:class:`~rsfm_ds.data.bands.InputBands`), labels single-band index masks (PNG or
+            TIFF) or, with ``palette``, RGB colour masks.
         train: random resize / crop / flips / photometric; otherwise whole images, no augmentation.
         crop_size: training crop side.
         resize_scale: mmcv ``RandomResize`` scale ``(w, h)`` before the crop (mmseg: Potsdam (512, 512),
@@ -132,8 +148,11 @@ class SegDataset(Dataset):
             (mmseg: (0.5, 2.0)).
         cat_max_ratio: mmseg's RandomCrop option (e.g. 0.75); ``None`` or 1.0 disables it.
         hflip_prob, vflip_prob: flip probabilities in training.
-        photometric: apply :func:`photometric_distortion` in training.
-        mean, std: per-channel normalisation in [0, 1] units (ImageNet's by default).
+        photometric: apply :func:`photometric_distortion` in training (3-band 8-bit images only).
+        inputs: bands read, their normalisation and the backbone's channel count (8-bit RGB with
+            ImageNet's statistics by default); the first image is checked at construction.
+        palette: RGB colour of each class; masks are then colour masks converted to indices
+            (:func:`~rsfm_ds.data.seg.folders.colour_to_index`).
         ignore_index: label value that is not scored; also the label padding.
         reduce_zero_label: apply mmseg's reduce-zero-label to labels (LoveDA raw masks).
         num_classes: the classes a label may name; with it, any other value but ``ignore_index``
@@ -146,9 +165,9 @@ class SegDataset(Dataset):
     def __init__(self, pairs: Sequence[Pair], train: bool = True, crop_size: int = 512,
                  resize_scale: Optional[Tuple[int, int]] = None, resize_ratio_range: Tuple[float, float] = (0.5, 2.0),
                  cat_max_ratio: Optional[float] = None, hflip_prob: float = 0.5, vflip_prob: float = 0.0,
-                 photometric: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, ignore_index: int = 255, reduce_zero_label: bool = False,
-                 fraction: float = 1.0, fraction_seed: int = 0, seed: int = 0, num_classes: Optional[int] = None):
+                 photometric: bool = False, inputs: InputBands = InputBands(), ignore_index: int = 255,
+                 reduce_zero_label: bool = False, fraction: float = 1.0, fraction_seed: int = 0, seed: int = 0,
+                 num_classes: Optional[int] = None, palette: Optional[Sequence[Sequence[int]]] = None):
         if crop_size < 1:
             raise ConfigError(f"crop_size: must be >= 1, got {crop_size}")
         check_resize(resize_scale, resize_ratio_range)
@@ -169,13 +188,15 @@ class SegDataset(Dataset):
         self.cat_max_ratio = cat_max_ratio
         self.hflip_prob, self.vflip_prob = hflip_prob, vflip_prob
         self.photometric = photometric
-        self.mean = np.asarray(mean, np.float32) * 255.0
-        self.std = np.asarray(std, np.float32) * 255.0
+        self.inputs = inputs
+        self.palette = None if palette is None else tuple(tuple(int(v) for v in c) for c in palette)
         self.ignore_index = ignore_index
         self.reduce_zero_label = reduce_zero_label
         self.num_classes = num_classes
         self.seed = seed
         self.epoch = 0
+        if self.pairs:  # a band count that does not fit fails here, before any model is built
+            self.inputs.check_file(self.pairs[0][0])
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of ``epoch`` (call before iterating each epoch)."""
@@ -185,20 +206,13 @@ class SegDataset(Dataset):
         return len(self.pairs)
 
     def load(self, index: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """Raw ``uint8 [H, W, 3]`` RGB image and ``uint8 [H, W]`` label (reduced if configured)."""
-        import mmcv
-
+        """Raw ``[H, W, C]`` image in the file's data type (``uint8`` RGB for 8-bit RGB files) and
+        ``uint8 [H, W]`` label (reduced if configured)."""
         image_path, label_path = self.pairs[index]
-        image = mmcv.imread(str(image_path), flag="color", channel_order="rgb")
-        if image is None:
-            raise DataError(f"{image_path}: not a readable image")
+        image = self.inputs.read(image_path, _read_rgb)
         if label_path is None:
             return image, None
-        label = mmcv.imread(str(label_path), flag="unchanged")
-        if label is None:
-            raise DataError(f"{label_path}: not a readable image")
-        if label.ndim != 2:
-            raise DataError(f"{label_path}: expected a single-channel index label, got shape {label.shape}")
+        label = read_mask(label_path, self.palette)
         if label.shape != image.shape[:2]:
             raise DataError(f"{label_path} is {label.shape[1]}x{label.shape[0]} but {image_path} is "
                             f"{image.shape[1]}x{image.shape[0]}")
@@ -259,9 +273,9 @@ class SegDataset(Dataset):
                 if rng.random() < prob:
                     image = np.flip(image, axis)
                     label = None if label is None else np.flip(label, axis)
-            if self.photometric:
+            if self.photometric and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
                 image = photometric_distortion(np.ascontiguousarray(image), rng)
-        normalised = (image.astype(np.float32) - self.mean) / self.std
+        normalised = self.inputs.normalize(image)
         item: Dict[str, object] = {"name": name}
         if self.train:
             # Pad images smaller than the crop: 0 is the mean after normalisation, labels are ignored.

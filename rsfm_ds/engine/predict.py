@@ -1,0 +1,565 @@
+"""``rsfm predict det|seg``: a fine-tuned model run over images and scenes of any size.
+
+A scene (GeoTIFF, TIFF, JPEG, PNG: :mod:`rsfm_ds.data.raster`) is cut into tiles of the model's
+input size with overlap (:class:`~rsfm_ds.evaluation.scene_tiling.TileGrid`: the DOTA devkit's
+split grid, mmseg's sliding windows); each tile is read from the file by itself (a raster window,
+so a large scene is never held whole at full precision), normalised as the model was trained
+(``(raw - mean) / std`` per band in raw units), padded with zeros (the mean) to the tile size
+where the scene is smaller, and tiles go through the model ``batch_size`` at a time.
+
+* Detection: boxes move from tile to scene pixels and are merged across tiles by per-class rotated
+  NMS at IoU 0.1, as mmrotate's ``inference_detector_by_patches`` / ``merge_results``
+  (``mmrotate/apis/inference.py``) and the DOTA devkit's ``ResultMerge_multi_process.py`` do
+  (:func:`~rsfm_ds.evaluation.scene_tiling.merge_tile_detections`).
+* Segmentation: logits of overlapping tiles are averaged (sum of logits / number of tiles
+  covering a pixel), mmseg's ``slide_inference`` as
+  :func:`~rsfm_ds.evaluation.sliding_window.sliding_window_inference` computes it, but band by
+  band: the rows above the next row of tiles are final once that row starts, so only one band of
+  logits (``K x tile x width``) is held, whatever the scene's height. Pixels where every band holds
+  the scene's declared nodata value enter the model as zeros and come out as :data:`NODATA_CLASS`.
+
+Output files and their formats: :mod:`rsfm_ds.evaluation.scene_outputs` and docs/predict.md.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import check
+from ..data.det.dataset import SIZE_DIVISOR
+from ..data.raster import (RASTER_SUFFIXES, RASTERIO_SUFFIXES, BandNormalization, RasterInfo, raster_info,
+                           read_raster, valid_mask)
+from ..errors import ConfigError, DataError, check_output_is_not_input
+from ..evaluation.scene_outputs import (detections_geojson, dota_lines, mask_path, write_mask,
+                                         write_json_atomic, write_probabilities, write_text_atomic)
+from ..evaluation.scene_tiling import BandAverager, TileGrid, boxes_to_scene, merge_tile_detections
+from ..evaluation.sliding_window import sliding_window_inference
+from ..ops.box_geometry import box_to_polygon
+from .inference import InferenceOptions, LoadedModel
+
+PathLike = Union[str, Path]
+NODATA_CLASS = 255
+"""Mask value of pixels that are nodata in the scene (also the GeoTIFF's declared nodata)."""
+DOTA_GAP_FRACTION = 200 / 1024
+"""Default detection overlap as a fraction of the tile: mmrotate's ``demo/huge_image_demo.py``
+runs 1024 px patches every 824 px, the gap of 200 of the DOTA devkit's ``ImgSplit_multi_process.py``."""
+SUMMARY = "predictions.json"
+_PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+SUMMARY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How ``rsfm predict`` tiles, runs and writes (one process, one device)."""
+
+    tile: Optional[int] = None
+    """Tile side in pixels; null: the size the model was trained on (detection:
+    ``backbone.img_size``; segmentation: ``data.crop_size``)."""
+    overlap: Optional[int] = None
+    """Pixels shared by neighbouring tiles; null: detection ``round(tile * 200 / 1024)`` (the
+    DOTA split's gap), segmentation ``crop_size - eval_stride`` (the evaluation's windows)."""
+    batch_size: int = 4
+    """Tiles per forward pass."""
+    device: Optional[str] = None
+    """cpu, cuda or cuda:N; null: a GPU if there is one."""
+    precision: Optional[str] = None
+    """fp32, bf16 or fp16; null: the config's train.precision on a GPU, fp32 on the CPU."""
+    score_thr: Optional[float] = None
+    """Detection: keep (box, class) pairs scoring above this (the config's model.roi.score_thr,
+    mmrotate's 0.05, when null)."""
+    iou_thr: float = 0.1
+    """Detection: rotated IoU of the cross-tile merge (the DOTA devkit's 0.1)."""
+    bands: Optional[Tuple[int, ...]] = None
+    """1-based bands read from every input, in the model's order; null: the config's (data.bands),
+    else all of the file's."""
+    overwrite: bool = False
+    """Replace existing outputs; otherwise an input whose outputs all exist is skipped and only the
+    missing outputs of the others are written."""
+    probabilities: bool = False
+    """Segmentation: also write ``<stem>_probs.tif``, class probabilities (uint8, x255)."""
+    overlay: bool = True
+    """Write ``<stem>_overlay.png``."""
+    overlay_max_side: int = 4096
+    """Longest side of the overlay picture; larger scenes are shown reduced."""
+    progress: bool = True
+    """A progress bar over the tiles of each input (stderr)."""
+
+    def __post_init__(self) -> None:
+        check(self.tile is None or self.tile >= 32, "tile", f"must be >= 32 px, got {self.tile}")
+        check(self.overlap is None or self.overlap >= 0, "overlap", f"must be >= 0, got {self.overlap}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.score_thr is None or 0.0 <= self.score_thr < 1.0, "score_thr",
+              f"must be in [0, 1), got {self.score_thr}")
+        check(0.0 <= self.iou_thr <= 1.0, "iou_thr", f"must be in [0, 1], got {self.iou_thr}")
+        check(self.bands is None or (len(self.bands) > 0 and min(self.bands) >= 1), "bands",
+              f"1-based band numbers, got {self.bands}")
+        check(self.overlay_max_side >= 16, "overlay_max_side", f"must be >= 16, got {self.overlay_max_side}")
+        InferenceOptions(device=self.device, precision=self.precision)  # validates both
+
+    def inference(self) -> InferenceOptions:
+        return InferenceOptions(device=self.device, precision=self.precision, batch_size=self.batch_size, workers=0)
+
+
+# ---------------------------------------------------------------------------- what the task says
+
+
+def task_inputs(task) -> Tuple[BandNormalization, Optional[Tuple[int, ...]], bool]:
+    """``(normalisation, 1-based bands or None for all, 8-bit input required)`` of the task
+    (``FinetuneTask.inputs()``: the config's data.bands / band_mean / band_std / band_stats)."""
+    inputs = task.inputs()
+    bands = tuple(inputs.bands) if inputs.bands is not None else None
+    return inputs.normalization, bands, bool(inputs.require_8bit)
+
+
+def task_classes(task) -> Tuple[str, ...]:
+    """The class names, in the model's order."""
+    return tuple(task.class_names())
+
+
+def model_in_chans(cfg) -> int:
+    """Input channels of the config's backbone."""
+    return int(cfg.backbone.in_chans)
+
+
+def default_tiling(task_name: str, cfg, options: PredictOptions) -> Tuple[int, int]:
+    """``(tile, overlap)`` of ``options``, defaults from the run config (:class:`PredictOptions`)."""
+    if task_name == "det":
+        tile = options.tile or cfg.backbone.img_size
+        overlap = options.overlap if options.overlap is not None else int(round(tile * DOTA_GAP_FRACTION))
+    else:
+        tile = options.tile or cfg.data.crop_size
+        if options.overlap is not None:
+            overlap = options.overlap
+        else:
+            overlap = max(cfg.data.crop_size - cfg.data.eval_stride, 0) if tile == cfg.data.crop_size else 0
+    check(overlap < tile, "overlap", f"{overlap} must be smaller than the tile ({tile} px)")
+    return tile, overlap
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def list_inputs(paths: Sequence[PathLike]) -> List[Path]:
+    """The raster files named by ``paths``: files as given, folders as every raster file in them
+    (sorted, not recursive).
+
+    Raises:
+        DataError: a path that does not exist, a file of an unknown kind, a folder without rasters,
+            two inputs with the same stem (their outputs would collide), or no input at all.
+    """
+    out: List[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES)
+            if not found:
+                raise DataError(f"{p}: no raster files in this folder ({', '.join(RASTER_SUFFIXES)})")
+            out.extend(found)
+        elif not p.exists():
+            raise DataError(f"{p}: no such file or folder")
+        elif p.suffix.lower() not in RASTER_SUFFIXES:
+            raise DataError(f"{p}: not a raster file (expected one of {', '.join(RASTER_SUFFIXES)})")
+        else:
+            out.append(p)
+    if not out:
+        raise DataError("inputs: no input files")
+    seen: Dict[str, Path] = {}
+    for p in out:
+        if p.stem in seen and seen[p.stem].resolve() != p.resolve():
+            raise DataError(f"{p}: same name as {seen[p.stem]}; their outputs would collide ({p.stem}.*)")
+        seen[p.stem] = p
+    return list(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class SceneInput:
+    """One input checked against the model: what is read and how it is normalised."""
+
+    info: RasterInfo
+    bands: Optional[Tuple[int, ...]]
+    """1-based bands read (None: all)."""
+    normalization: BandNormalization
+
+    @property
+    def path(self) -> Path:
+        return Path(self.info.path)
+
+
+def check_input(path: PathLike, bands: Optional[Tuple[int, ...]], normalization: BandNormalization,
+                in_chans: int, require_8bit: bool = False) -> SceneInput:
+    """``path`` as the model reads it.
+
+    Raises:
+        DataError: the file is unreadable, lacks a band in ``bands``, gives another band count
+            than the model's ``in_chans`` (message names the file and both counts), or is not
+            8-bit where ``require_8bit`` (the ImageNet default normalisation, for 8-bit RGB only).
+    """
+    info = raster_info(path)
+    if require_8bit and info.dtype != "uint8":
+        raise DataError(f"{path}: {info.dtype} pixels but the model's config sets no normalisation (the default, "
+                        f"ImageNet statistics x 255, is for 8-bit RGB); set data.band_mean and data.band_std in "
+                        f"the file's raw units, or data.band_stats, as the model was fine-tuned")
+    if bands is not None:
+        bad = [b for b in bands if b > info.count]
+        if bad:
+            raise DataError(f"{path}: has {info.count} bands; no band {bad[0]} (bands: {list(bands)})")
+    count = len(bands) if bands is not None else info.count
+    if count != in_chans:
+        how = f"bands {list(bands)}" if bands is not None else f"all {info.count} bands"
+        raise DataError(f"{path}: reading {how} gives {count} bands but the model takes {in_chans} "
+                        f"(choose bands with --bands or data.bands)")
+    if normalization.bands != count:
+        raise DataError(f"{path}: {count} bands but the input normalisation has {normalization.bands} "
+                        f"(data.band_mean / data.band_std)")
+    return SceneInput(info, bands, normalization)
+
+
+def read_tile(scene: SceneInput, window: Tuple[int, int, int, int], tile: int,
+              decoded: Optional[np.ndarray] = None) -> Tuple[torch.Tensor, np.ndarray]:
+    """One tile: ``(float32 [C, tile, tile] normalised, zero-padded; bool [h, w] valid)`` for the
+    scene window ``(col, row, w, h)``. A pixel is invalid where every band holds the scene's
+    declared nodata value; invalid pixels, and non-finite values of float rasters, are set to 0
+    (the mean) after normalisation.
+    ``decoded``: the whole image ``[C, H, W]`` already in memory (a JPEG / PNG, which has no windowed
+    reads), sliced instead of reading the file."""
+    col, row, w, h = window
+    if decoded is not None:
+        raw = decoded[:, row:row + h, col:col + w]
+    else:
+        raw = read_raster(scene.path, window=(col, row, w, h), bands=scene.bands)
+    valid = valid_mask(raw, scene.info.nodata)  # a NaN nodata too (NaN == NaN is False)
+    x = scene.normalization.apply(raw)
+    x[:, ~valid] = 0.0
+    if raw.dtype.kind == "f":  # a NaN / inf in some bands of a valid pixel would spread through the model
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    out = torch.from_numpy(x)
+    return F.pad(out, (0, tile - w, 0, tile - h)), valid
+
+
+def _tile_batches(scene: SceneInput, grid: TileGrid, batch_size: int, progress: bool
+                  ) -> Iterator[Tuple[torch.Tensor, np.ndarray, List[np.ndarray]]]:
+    """``(tiles [n, C, tile, tile], origins int64 [n, 2], valid masks)`` in grid order."""
+    from tqdm import tqdm
+
+    origins = grid.origins()
+    # JPEG / PNG decode whole: once per scene, not once per tile (8-bit, so small next to a GeoTIFF).
+    decoded = None if scene.path.suffix.lower() in RASTERIO_SUFFIXES else read_raster(scene.path, bands=scene.bands)
+    bar = tqdm(total=len(origins), desc=scene.path.name, unit="tile", disable=not progress, leave=False)
+    try:
+        for k in range(0, len(origins), batch_size):
+            chunk = origins[k:k + batch_size]
+            read = [read_tile(scene, grid.window(o), grid.tile, decoded) for o in chunk]
+            yield torch.stack([t for t, _ in read]), chunk, [v for _, v in read]
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------------------- detection
+
+
+@dataclass
+class SceneDetections:
+    """Detections of one scene in scene pixels, best first.
+
+    Attributes:
+        boxes: ``float32 [D, 5]`` le90 ``(cx, cy, w, h, theta)``.
+        polygons: ``float64 [D, 8]`` their corners ``x1 y1 ... x4 y4``.
+        scores: ``float32 [D]``; labels: ``int64 [D]``.
+        tiles: tiles run; before_merge: detections of all tiles before the cross-tile NMS.
+    """
+
+    boxes: np.ndarray
+    polygons: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    tiles: int
+    before_merge: int
+
+
+@torch.no_grad()
+def predict_scene_detections(loaded: LoadedModel, scene: SceneInput, tile: int, overlap: int,
+                             batch_size: int = 4, iou_thr: float = 0.1, progress: bool = False) -> SceneDetections:
+    """Oriented R-CNN over ``scene`` in tiles, merged across tiles (module docstring)."""
+    grid = TileGrid(scene.info.height, scene.info.width, tile, overlap)
+    side = -(-tile // SIZE_DIVISOR) * SIZE_DIVISOR  # the batch padding of collate_detection
+    boxes, scores, labels = [], [], []
+    for tiles, origins, _ in _tile_batches(scene, grid, batch_size, progress):
+        sizes = [(grid.window(o)[3], grid.window(o)[2]) for o in origins]
+        images = F.pad(tiles, (0, side - tile, 0, side - tile)).to(loaded.device, loaded.dtype)
+        for det, origin in zip(loaded.model({"images": images, "image_sizes": sizes}), origins):
+            b = det.boxes.float().cpu()
+            boxes.append(boxes_to_scene(b, torch.from_numpy(origin).expand(len(b), 2)))
+            scores.append(det.scores.float().cpu())
+            labels.append(det.labels.cpu())
+    b = torch.cat(boxes) if boxes else torch.zeros(0, 5)
+    s = torch.cat(scores) if scores else torch.zeros(0)
+    lab = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
+    keep = merge_tile_detections(b, s, lab, iou_thr)
+    kept = b[keep]
+    return SceneDetections(kept.numpy(), box_to_polygon(kept.double()).numpy(), s[keep].numpy(),
+                           lab[keep].numpy(), len(grid), int(b.shape[0]))
+
+
+# ---------------------------------------------------------------------------- segmentation
+
+
+@dataclass
+class SceneSegmentation:
+    """The class mask of one scene.
+
+    Attributes:
+        mask: ``uint8 [H, W]`` class indices, :data:`NODATA_CLASS` on nodata pixels.
+        probabilities: ``float32 [K, H, W]`` softmax of the averaged logits, when asked for.
+        tiles: tiles run.
+    """
+
+    mask: np.ndarray
+    probabilities: Optional[np.ndarray]
+    tiles: int
+
+
+@torch.no_grad()
+def predict_scene_segmentation(loaded: LoadedModel, scene: SceneInput, num_classes: int, tile: int, overlap: int,
+                               batch_size: int = 4, probabilities: bool = False,
+                               progress: bool = False) -> SceneSegmentation:
+    """UperNet over ``scene`` in tiles, logits averaged where tiles overlap (module docstring)."""
+    info = scene.info
+    # uint8 mask with NODATA_CLASS (255) reserved: class indices must stay below it.
+    check(1 <= num_classes <= NODATA_CLASS, "num_classes",
+          f"a uint8 mask with {NODATA_CLASS} for nodata holds at most {NODATA_CLASS} classes, got {num_classes}")
+    grid = TileGrid(info.height, info.width, tile, overlap)
+    acc = BandAverager(num_classes, info.height, info.width, tile, probabilities)
+    valid = np.zeros((info.height, info.width), dtype=bool)
+    for tiles, origins, masks in _tile_batches(scene, grid, batch_size, progress):
+        images = tiles.to(loaded.device, loaded.dtype)
+        # One window per tile: sliding_window_inference brings strided logits to tile resolution.
+        logits = sliding_window_inference(loaded.model.logits, images, num_classes, crop=tile, stride=tile,
+                                          batch_size=len(images)).cpu()
+        for out, origin, m in zip(logits, origins, masks):
+            col, row, w, h = grid.window(origin)
+            acc.add(out[:, :h, :w], col, row, w, h)
+            valid[row:row + h, col:col + w] |= m
+    mask, probs = acc.result()
+    mask[~valid] = NODATA_CLASS
+    return SceneSegmentation(mask, probs, len(grid))
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def output_paths(task_name: str, scene: SceneInput, out_dir: Path, options: PredictOptions) -> Dict[str, Path]:
+    """The files written for ``scene`` (docs/predict.md) by kind (``txt``, ``geojson``, ``mask``,
+    ``probs``, ``overlay``), the prediction's own first. Writers are chosen by kind, not by file
+    name, which a scene's own name (``x_overlay.png``) could imitate."""
+    stem = scene.path.stem
+    if task_name == "det":
+        paths = {"txt": out_dir / f"{stem}.txt", "geojson": out_dir / f"{stem}.geojson"}
+    else:
+        paths = {"mask": mask_path(out_dir / stem, scene.info.georef)}
+        if options.probabilities:
+            paths["probs"] = out_dir / f"{stem}_probs.tif"
+    if options.overlay:
+        paths["overlay"] = out_dir / f"{stem}_overlay.png"
+    return paths
+
+
+def check_output_names(plans: Sequence[Tuple[SceneInput, Dict[str, Path]]]) -> None:
+    """Refuse two inputs whose outputs share a file name (``a.tif``'s ``a_overlay.png`` and the
+    mask of ``a_overlay.png``): one would overwrite the other, or be skipped as done.
+
+    Raises:
+        DataError: naming both inputs and the file.
+    """
+    owner: Dict[Path, Path] = {}
+    for scene, paths in plans:
+        for path in paths.values():
+            if path in owner and owner[path] != scene.path:
+                raise DataError(f"{scene.path}: its output {path.name} is also an output of {owner[path]}; "
+                                f"rename one of them or predict them into different --out folders")
+            owner[path] = scene.path
+
+
+def _display_bands(scene: SceneInput) -> Optional[Tuple[int, int, int]]:
+    """0-based positions of the red, green and blue bands among those read, when the file names
+    them; None (the first three) otherwise."""
+    read = scene.bands or tuple(range(1, scene.info.count + 1))
+    names = [scene.info.band_names[b - 1].lower() if b - 1 < len(scene.info.band_names) else "" for b in read]
+    if all(c in names for c in ("red", "green", "blue")):
+        return names.index("red"), names.index("green"), names.index("blue")
+    return None
+
+
+def _overview(scene: SceneInput, max_side: int) -> Tuple[np.ndarray, int]:
+    """``(raw [C, h, w], step)``: the scene's pixels every ``step``-th row and column, so the
+    longest side is at most ``max_side`` (read decimated by GDAL for rasters it reads)."""
+    info = scene.info
+    step = max(1, math.ceil(max(info.height, info.width) / max_side))
+    if step == 1:
+        return read_raster(scene.path, bands=scene.bands), 1
+    shape = (-(-info.height // step), -(-info.width // step))
+    if scene.path.suffix.lower() in RASTERIO_SUFFIXES:
+        import rasterio
+
+        with rasterio.open(scene.path) as src:
+            index = list(scene.bands) if scene.bands else list(range(1, src.count + 1))
+            return src.read(index, out_shape=(len(index),) + shape), step
+    return read_raster(scene.path, bands=scene.bands)[:, ::step, ::step], step
+
+
+def _overlay(scene: SceneInput, options: PredictOptions, classes: Sequence[str],
+             dets: Optional[SceneDetections], seg: Optional[SceneSegmentation]) -> np.ndarray:
+    from ..evaluation.overlays import blend_mask, class_palette, display_rgb, draw_polygons
+
+    raw, step = _overview(scene, options.overlay_max_side)
+    picture = display_rgb(raw, _display_bands(scene), scene.info.nodata)
+    if dets is not None:
+        return draw_polygons(picture, dets.polygons / step, dets.labels, classes, dets.scores)
+    return blend_mask(picture, seg.mask[::step, ::step], class_palette(len(classes)), 0.5, NODATA_CLASS)
+
+
+def _write_png_atomic(path: Path, rgb: np.ndarray) -> None:
+    from ..evaluation.overlays import write_png
+
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    write_png(tmp, rgb)
+    tmp.replace(path)
+
+
+def _write_outputs(task_name: str, scene: SceneInput, result, classes: Sequence[str], todo: Dict[str, Path],
+                   options: PredictOptions) -> None:
+    """Write the outputs of ``scene`` in ``todo`` (kind -> path, :func:`output_paths`), each atomically."""
+    georef = scene.info.georef
+    for kind, path in todo.items():
+        if kind == "overlay":
+            dets, seg = (result, None) if task_name == "det" else (None, result)
+            _write_png_atomic(path, _overlay(scene, options, classes, dets, seg))
+        elif kind == "txt":
+            write_text_atomic(path, dota_lines(result.polygons, result.labels, result.scores, classes))
+        elif kind == "geojson":
+            write_json_atomic(path, detections_geojson(result.polygons, result.labels, result.scores, classes,
+                                                       georef, name=scene.path.stem), indent=None)
+        elif kind == "probs":
+            write_probabilities(path, result.probabilities, georef, classes)
+        else:
+            write_mask(path.with_suffix(""), result.mask, georef,
+                       NODATA_CLASS if scene.info.nodata is not None else None, classes)
+
+
+def _counts(task_name: str, result, classes: Sequence[str]) -> Dict[str, int]:
+    """Detections (det) or pixels (seg) per class, every class listed."""
+    values = result.labels if task_name == "det" else result.mask[result.mask != NODATA_CLASS]
+    n = np.bincount(np.asarray(values, dtype=np.int64).ravel(), minlength=len(classes))
+    return {c: int(v) for c, v in zip(classes, n)}
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict_files` did; ``summary`` is the ``predictions.json`` it wrote."""
+
+    out_dir: Path
+    summary: Dict[str, Any]
+
+    @property
+    def predicted(self) -> int:
+        return sum(1 for r in self.summary["inputs"] if not r.get("skipped"))
+
+    @property
+    def skipped(self) -> int:
+        return sum(1 for r in self.summary["inputs"] if r.get("skipped"))
+
+
+def predict_files(task_name: str, config: PathLike, weights: PathLike, inputs: Sequence[PathLike],
+                  out_dir: PathLike, overrides: Sequence[str] = (), tag: Optional[str] = None,
+                  options: PredictOptions = PredictOptions()) -> PredictReport:
+    """Run the fine-tuned ``weights`` of the run config ``config`` over ``inputs`` (files, or
+    folders of rasters) and write every input's outputs and ``predictions.json`` to ``out_dir``.
+
+    Every input is checked (readable, band count = the model's) before the model is loaded, so a
+    bad input stops the run before any work. An input whose outputs all exist is skipped (noted in
+    the summary) unless ``options.overwrite``; re-running an interrupted run resumes it.
+
+    Raises:
+        ConfigError: a config of the other task, a bad option.
+        DataError: a missing or unreadable input, one with the wrong band count.
+        CheckpointError: weights that do not fit the config's model.
+    """
+    from .inference import load_finetuned_model, load_task_config
+    from .tasks import get_task
+
+    if task_name == "seg" and options.score_thr is not None:
+        raise ConfigError("score_thr: a detection option; segmentation has no scores to threshold")
+    extra = [f"model.roi.score_thr={options.score_thr}"] if options.score_thr is not None else []
+    cfg = load_task_config(task_name, config, list(overrides) + extra)
+    files = list_inputs(inputs)
+    out_dir = Path(out_dir)
+    check_output_is_not_input(out_dir, list(files) + [p for p in map(Path, inputs) if p.is_dir()])
+    task = get_task(task_name).build(cfg)
+    classes = task_classes(task)
+    normalization, bands, require_8bit = task_inputs(task)
+    bands = options.bands if options.bands is not None else bands
+    scenes = [check_input(f, bands, normalization, model_in_chans(cfg), require_8bit) for f in files]
+    tile, overlap = default_tiling(task_name, cfg, options)
+    plans = [(s, output_paths(task_name, s, out_dir, options)) for s in scenes]
+    check_output_names(plans)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    loaded = None
+    records: List[Dict[str, Any]] = []
+    start = time.perf_counter()
+    megapixels = 0.0
+    for scene, paths in plans:
+        info = scene.info
+        todo = paths if options.overwrite else {k: p for k, p in paths.items() if not p.exists()}
+        record: Dict[str, Any] = {"input": str(scene.path), "width": info.width, "height": info.height,
+                                  "bands": len(scene.bands) if scene.bands else info.count,
+                                  "georeferenced": info.georef.is_georeferenced, "crs": info.georef.crs,
+                                  "outputs": [p.name for p in paths.values()]}
+        if not todo:
+            record.update(skipped=True, note="outputs exist; --overwrite replaces them")
+            records.append(record)
+            continue
+        if loaded is None:
+            loaded = load_finetuned_model(task_name, cfg, weights, tag, options.inference())
+        t0 = time.perf_counter()
+        if task_name == "det":
+            result = predict_scene_detections(loaded, scene, tile, overlap, options.batch_size, options.iou_thr,
+                                              options.progress)
+            record["detections_before_merge"] = result.before_merge
+        else:
+            result = predict_scene_segmentation(loaded, scene, len(classes), tile, overlap, options.batch_size,
+                                                options.probabilities, options.progress)
+        seconds = time.perf_counter() - t0
+        _write_outputs(task_name, scene, result, classes, todo, options)
+        mpx = info.width * info.height / 1e6
+        megapixels += mpx
+        record.update(tiles=result.tiles, seconds=round(seconds, 3), megapixels=round(mpx, 4),
+                      megapixels_per_s=round(mpx / seconds, 4) if seconds > 0 else None,
+                      counts=_counts(task_name, result, classes), written=[p.name for p in todo.values()])
+        records.append(record)
+    total = time.perf_counter() - start
+    summary: Dict[str, Any] = {
+        "version": SUMMARY_VERSION, "task": task_name, "config": str(config), "weights": str(weights),
+        "tile": tile, "overlap": overlap, "batch_size": options.batch_size,
+        "device": str(loaded.device) if loaded else None,
+        "precision": _PRECISION_NAMES.get(loaded.dtype) if loaded else None,
+        "classes": list(classes), "inputs": records, "seconds": round(total, 3),
+        "megapixels": round(megapixels, 4),
+        "megapixels_per_s": round(megapixels / total, 4) if megapixels and total > 0 else None}
+    if task_name == "det":
+        summary.update(score_thr=cfg.model.roi.score_thr, iou_thr=options.iou_thr)
+    write_json_atomic(out_dir / SUMMARY, summary)
+    return PredictReport(out_dir, summary)
+
+
+__all__ = ["PredictOptions", "PredictReport", "SceneInput", "SceneDetections", "SceneSegmentation", "NODATA_CLASS",
+           "task_inputs", "task_classes", "model_in_chans", "default_tiling", "list_inputs",
+           "check_input", "read_tile", "output_paths", "check_output_names", "predict_scene_detections",
+           "predict_scene_segmentation",
+           "predict_files", "SUMMARY", "SUMMARY_VERSION", "DOTA_GAP_FRACTION"]
