@@ -79,12 +79,15 @@ def test_slurm_study_task_runs_its_cell(tmp_path):
                                            "configs/study/scaling.yaml", "--cell", "3", "seed=1"]
 
 
-def test_submit_study_sizes_the_array_and_queues_collect(tmp_path):
+def test_submit_study_chains_pretraining_the_array_and_collect(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    # rsfm logs its calls and has 5 cells; sbatch logs each call and answers job ids 100, 101.
+    # rsfm logs its calls: 5 cells, of which 0, 2, 3, 4 unfinished, two presets to pretrain;
+    # sbatch logs each call and answers job ids 100, 101, ...
     fake_tool(bin_dir, "rsfm", f'echo "$*" >> {tmp_path}/rsfm.calls\n'
-                               '[[ " $* " == *" --count "* ]] && echo 5\nexit 0\n')
+                               '[[ " $* " == *" --count "* ]] && echo 5\n'
+                               '[[ " $* " == *" --pending-pretrain "* ]] && echo "debug_s debug"\n'
+                               '[[ " $* " == *" --pending "* ]] && echo "0,2-4"\nexit 0\n')
     fake_tool(bin_dir, "sbatch", f'n=$(ls {tmp_path} | grep -c "^sbatch\\.")\n'
                                  f'printf "%s\\n" "$@" > {tmp_path}/sbatch.$n\n'
                                  'echo "$((100 + n));cluster"\n')
@@ -93,15 +96,20 @@ def test_submit_study_sizes_the_array_and_queues_collect(tmp_path):
     out = subprocess.run(["bash", str(ROOT / "launch/slurm/submit_study.sh"), "configs/study/scaling.yaml",
                           "--partition=gpu", "--", "seed=1"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines()[-2:] == ["array 100", "collect 101"]
+    assert out.stdout.splitlines()[-4:] == ["pretrain debug_s 100", "pretrain debug 101", "array 102", "collect 103"]
     calls = (tmp_path / "rsfm.calls").read_text().splitlines()
-    assert calls == ["study --config configs/study/scaling.yaml --prepare seed=1",
-                     "study --config configs/study/scaling.yaml --count seed=1"]
-    array = (tmp_path / "sbatch.0").read_text().splitlines()
-    assert array[0] == "--parsable" and "--partition=gpu" in array and "--array=0-4%2" in array
+    assert calls == [f"study --config configs/study/scaling.yaml {verb} seed=1"
+                     for verb in ("--prepare", "--count", "--pending-pretrain", "--pending")]
+    for n in (0, 1):
+        job = (tmp_path / f"sbatch.{n}").read_text().splitlines()
+        assert "--partition=gpu" in job and job[-2:] == [str(ROOT / "launch/slurm/study_pretrain.sbatch"), "seed=1"]
+        assert not any(a.startswith("--dependency") for a in job)
+    array = (tmp_path / "sbatch.2").read_text().splitlines()
+    assert array[0] == "--parsable" and "--partition=gpu" in array and "--array=0,2-4%2" in array
+    assert "--dependency=afterok:100:101" in array and "--kill-on-invalid-dep=yes" in array
     assert array[-2:] == [str(ROOT / "launch/slurm/study.sbatch"), "seed=1"]
-    collect = (tmp_path / "sbatch.1").read_text().splitlines()
-    assert "--partition=gpu" in collect and "--dependency=afterany:100" in collect
+    collect = (tmp_path / "sbatch.3").read_text().splitlines()
+    assert "--partition=gpu" in collect and "--dependency=afterany:102" in collect
     wrap = collect[collect.index("--wrap") + 1]
     assert wrap.endswith("study --config configs/study/scaling.yaml --collect seed=1"), wrap
 

@@ -5,12 +5,15 @@ which `bash launch/test.sh` installs first where it runs as root; without them t
 skipped with the reason). Through ``sbatch`` the tests then run what
 a user runs on a cluster, with CPU ranks instead of GPUs (``--gpus-per-node=0``, two ranks on the
 one node): debug MAE pretraining that must finish and leave a complete checkpoint; the same job
-resubmitted with more steps, which must resume from that checkpoint; and a two-cell study as an
-array job plus its collect job (launch/slurm/submit_study.sh). No slurmdbd: job states come from
+resubmitted with more steps, which must resume from that checkpoint; and a study chain
+(launch/slurm/submit_study.sh): a preset's pretraining job, the array of its two cells (pretrained
+and scratch) depending on it, the collect job after the array, and a resubmission that finds
+nothing left to run but the collect job. No slurmdbd: job states come from
 ``scontrol show job`` (the testbed keeps finished jobs for an hour).
 
 Every failure names the job, and prints the tail of its log and of the daemons' logs.
 """
+import json
 import os
 import re
 import shutil
@@ -206,12 +209,22 @@ def test_resubmitted_job_resumes_from_the_checkpoint(cluster, first_pretrain, mi
 
 
 STUDY = """\
-# Two cells (one preset x two data fractions) of a tiny segmentation study, written by test_slurm.
+# A tiny study written by test_slurm: one preset pretrained on the test shards (3 steps), then
+# fine-tuned pretrained and from scratch on half the training crops (two cells).
 name: slurm-test
 out_dir: {out_dir}
 presets: [debug_s]
-train_fractions: [0.5, 1.0]
-seed: 0
+train_fractions: [0.5]
+seeds: [0]
+pretrain:
+  config: configs/pretrain/debug.yaml
+  epochs: 1
+  overrides:
+    data.shards: {shards}
+    data.num_workers: 0
+    log.tensorboard: false
+    log.progress: false
+    log.every_steps: 1
 overrides:
   log.tensorboard: false
   log.progress: false
@@ -233,30 +246,54 @@ datasets:
 """
 
 
-def test_study_array_runs_every_cell_then_collects(cluster, tmp_path):
+def _submit_study(cluster: Cluster, config: Path, cwd: Path) -> Dict[str, str]:
+    """Runs submit_study.sh; its job lines as {"pretrain debug_s": id, "array": id, "collect": id}."""
+    proc = cluster.run(["bash", ROOT / "launch/slurm/submit_study.sh", config, *CPU_JOB], cwd=cwd, timeout=300)
+    assert proc.returncode == 0, f"submit_study.sh failed:\n{proc.stdout}\n{proc.stderr}\n{cluster.daemon_logs()}"
+    ids = {}
+    for line in proc.stdout.splitlines():
+        words = line.split()
+        if words and words[0] in ("pretrain", "array", "collect"):
+            ids[" ".join(words[:-1])] = words[-1]
+    return ids
+
+
+def test_study_chain_pretrains_then_fine_tunes_then_collects(cluster, tmp_path, millionaid_shards):
     out_dir = tmp_path / "study"
     config = tmp_path / "study.yaml"
-    config.write_text(STUDY.format(out_dir=out_dir))
+    config.write_text(STUDY.format(out_dir=out_dir, shards=millionaid_shards))
     # Run from tmp_path: the jobs' logs land there; the scripts find the repository via RSFM_ROOT.
-    proc = cluster.run(["bash", ROOT / "launch/slurm/submit_study.sh", config, *CPU_JOB],
-                       cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, f"submit_study.sh failed:\n{proc.stdout}\n{proc.stderr}\n{cluster.daemon_logs()}"
-    ids = dict(line.split() for line in proc.stdout.splitlines() if line.startswith(("array ", "collect ")))
-    assert set(ids) == {"array", "collect"}, proc.stdout
-    assert "2 cells" in proc.stdout, proc.stdout
+    ids = _submit_study(cluster, config, tmp_path)
+    assert set(ids) == {"pretrain debug_s", "array", "collect"}, ids
+    pretrain_id, array_id = ids["pretrain debug_s"], ids["array"]
+    # The array waits for the pretraining job, the collect job for the array.
+    (array_record, *_), (collect_record,) = cluster.records(array_id), cluster.records(ids["collect"])
+    assert f"afterok:{pretrain_id}" in array_record.get("Dependency", "") or \
+        array_record.get("JobState") != "PENDING", array_record
+    assert f"afterany:{array_id}" in collect_record.get("Dependency", "") or \
+        collect_record.get("JobState") != "PENDING", collect_record
 
-    tasks = cluster.expect_completed(ids["array"])
+    cluster.expect_completed(pretrain_id)
+    log = (tmp_path / f"slurm-rsfm-study-pretrain-debug_s-{pretrain_id}.out").read_text()
+    assert "study pretraining of debug_s" in log and "world 2" in log, log[-3000:]
+    backbone = out_dir / "pretrain/debug_s/backbone.safetensors"
+    assert backbone.is_file() and (out_dir / "pretrain/debug_s/converted.json").is_file(), log[-3000:]
+
+    tasks = cluster.expect_completed(array_id)
     assert sorted(r["ArrayTaskId"] for r in tasks) == ["0", "1"], tasks
     for r in tasks:
-        context = f"SLURM job {r['JobId']} (array {ids['array']} task {r['ArrayTaskId']}), log {r['StdOut']}"
+        context = f"SLURM job {r['JobId']} (array {array_id} task {r['ArrayTaskId']}), log {r['StdOut']}"
         log = Path(r["StdOut"]).read_text()
-        assert f"study cell {r['ArrayTaskId']} of array job {ids['array']}" in log, context
+        assert f"study cell {r['ArrayTaskId']} of array job {array_id}" in log, context
         assert "world 2" in log, context       # the cell ran in two ranks under the node's launcher
     cluster.expect_completed(ids["collect"])
 
-    for fraction in ("0.5", "1"):
-        result = out_dir / f"cells/potsdam/debug_s/frac_{fraction}/result.json"
-        assert result.is_file(), f"no {result}; cell logs in {tmp_path}"
-    rows = (out_dir / "results.csv").read_text().splitlines()
-    assert len(rows) == 3, rows                # header + both cells
+    results = {init: json.loads((out_dir / f"cells/potsdam/debug_s/{init}/frac_0.5/seed_0/result.json").read_text())
+               for init in ("pretrained", "scratch")}
+    assert results["pretrained"]["backbone"] == str(backbone) and results["scratch"]["backbone"] is None
     assert "2 of 2 cells complete" in (out_dir / "results.md").read_text()
+
+    # Resubmitted with everything finished: no pretraining, no array, only a collect job.
+    again = _submit_study(cluster, config, tmp_path)
+    assert set(again) == {"array", "collect"} and again["array"] == "none", again
+    cluster.expect_completed(again["collect"])

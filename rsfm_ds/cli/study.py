@@ -1,4 +1,4 @@
-"""``rsfm study``: the scaling study, locally or one cell per launcher job."""
+"""``rsfm study``: the scaling study, locally or one stage per launcher job."""
 from __future__ import annotations
 
 import argparse
@@ -8,20 +8,39 @@ from .common import verb
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("study", help="scaling study: fine-tune a grid of presets x datasets x train fractions, "
-                       "tabulate and plot", description="Without --cell/--count/--list/--prepare/--collect: "
-                       "prepare the data, run every unfinished cell locally, collect. On a cluster: "
-                       "launch/slurm/submit_study.sh runs one cell per array task (--cell).")
+    p = sub.add_parser("study", help="scaling study: pretrain each preset, fine-tune a grid of presets x "
+                       "pretrained/scratch x datasets x train fractions x seeds, tabulate and plot",
+                       description="Without a mode: prepare the data, pretrain and convert each preset, run every "
+                       "unfinished cell locally, collect. On a cluster: launch/slurm/submit_study.sh runs "
+                       "--pretrain/--convert per preset, then one cell per array task (--cell), then --collect.")
     p.add_argument("--config", required=True, help="study config YAML (configs/study/scaling.yaml)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--cell", type=int, default=None, metavar="I",
                       help="run cell I in the ranks of this job (under deepspeed / srun, or one process)")
+    mode.add_argument("--pretrain", default=None, metavar="PRESET",
+                      help="pretrain PRESET in the ranks of this job (resumes; skipped when done)")
+    mode.add_argument("--convert", default=None, metavar="PRESET",
+                      help="convert PRESET's finished pretraining to its backbone file (one process)")
     mode.add_argument("--count", action="store_true", help="print the number of cells")
-    mode.add_argument("--list", action="store_true", help="list the cells with their index and status")
-    mode.add_argument("--prepare", action="store_true", help="only prepare the datasets' data")
+    mode.add_argument("--list", action="store_true", help="list pretraining stages and cells with their status")
+    mode.add_argument("--pending", action="store_true",
+                      help="print the unfinished cells' indices, comma-separated (an sbatch --array list)")
+    mode.add_argument("--pending-pretrain", action="store_true",
+                      help="print the presets still to pretrain or convert, on one line, space-separated")
+    mode.add_argument("--prepare", action="store_true", help="only prepare the data (and check every config)")
     mode.add_argument("--collect", action="store_true", help="only gather finished cells: CSV, table, plots")
     p.add_argument("overrides", nargs="*", metavar="field=value", help="study config overrides")
     verb(p, run)
+
+
+def _preset(cfg, preset: str, flag: str) -> str:
+    from ..config import ConfigError
+
+    if preset not in cfg.presets:
+        raise ConfigError(f"{flag} {preset}: the study {cfg.name!r} has presets {cfg.presets}")
+    if cfg.pretrain is None:
+        raise ConfigError(f"{flag} {preset}: the study {cfg.name!r} has no pretrain section")
+    return preset
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,14 +50,24 @@ def run(args: argparse.Namespace) -> int:
     if args.count:
         print(len(study.cells(cfg)))
     elif args.list:
+        for preset in study.pretrain_presets(cfg):
+            print(f"pretrain\t{preset}\t{study.pretrain_status(cfg, preset)}")
         for cell in study.cells(cfg):
             status = "complete" if cell.result_path(cfg).is_file() else "pending"
             print(f"{cell.index}\t{cell.name}\t{status}")
+    elif args.pending:
+        print(",".join(str(c.index) for c in study.pending_cells(cfg)))
+    elif args.pending_pretrain:
+        print(" ".join(study.pending_pretrain(cfg)))
     elif args.prepare:
-        study.check_cells(cfg)
+        study.check_study(cfg)
         study.prepare(cfg)
     elif args.collect:
         study.collect(cfg)
+    elif args.pretrain is not None:
+        study.run_pretrain(cfg, _preset(cfg, args.pretrain, "--pretrain"))
+    elif args.convert is not None:
+        study.convert(cfg, _preset(cfg, args.convert, "--convert"))
     elif args.cell is not None:
         study.run_cell(cfg, args.cell)
     else:
