@@ -109,3 +109,17 @@ def test_4band_pretraining_learns_and_converts(shards, tmp_path):
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["in_chans"] == 4 and sidecar["band_std"] == list(norm.std)
     assert result.metadata["preset"] == "debug"
+
+    # ... and fine-tuning takes it up as it is: a 4-band ViTDet loads every pretrained tensor
+    # (no adaptation) and its inputs are normalised with the pretraining manifest's statistics.
+    from rsfm_ds.checkpoint.loading import load_backbone
+    from rsfm_ds.engine.inputs import BandsConfig, resolve_inputs
+    from rsfm_ds.models.vitdet import create_vitdet
+
+    vitdet = create_vitdet("debug", img_size=64, window_size=4, in_chans=4)
+    report = load_backbone(vitdet, out)
+    with safe_open(str(out), "pt") as f:
+        assert torch.equal(vitdet.patch_embed.proj.weight, f.get_tensor("patch_embed.proj.weight"))
+    assert "patch_embed.proj.weight" not in report.missing_keys
+    inputs, source = resolve_inputs(BandsConfig(), 4, str(out))
+    assert inputs.normalization == norm and "backbone.pretrained" in source
