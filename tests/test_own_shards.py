@@ -279,3 +279,14 @@ def test_scan_survives_a_symlink_loop_and_skips_the_output(tmp_path):
     shutil.copy(SCENES / S2, root / "out" / "old.tif")
     scan = scan_scenes(root, exclude=root / "out")
     assert [f.path for f in scan.files] == [S2]
+
+
+def test_band_list_argument_of_shards_and_predict():
+    import argparse
+
+    from rsfm_ds.cli.common import band_list
+
+    assert band_list("4,3,2,8") == (4, 3, 2, 8)
+    for bad in ("4,a", "0,1", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="1-based band numbers"):
+            band_list(bad)

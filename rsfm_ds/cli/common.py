@@ -49,3 +49,15 @@ def own_classes(args: argparse.Namespace) -> Optional[Tuple[str, ...]]:
     if not all(names) or len(set(names)) != len(names):
         raise ConfigError(f"--classes: expected distinct, non-empty comma-separated names, got {args.classes!r}")
     return names
+
+
+def band_list(text: str) -> Tuple[int, ...]:
+    """argparse ``type`` of ``--bands``: ``"4,3,2,8"`` -> ``(4, 3, 2, 8)`` (1-based band numbers)."""
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        bands = ()
+    if not bands or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated 1-based band numbers, e.g. 4,3,2,8; "
+                                         f"got {text!r}")
+    return bands

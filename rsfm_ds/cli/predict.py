@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
-from ..errors import ConfigError
-from .common import verb
+from .common import band_list, verb
 
 # `section.field=value`: what an override looks like (argparse hands those after --inputs to it).
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
@@ -21,15 +20,6 @@ def add(sub: argparse._SubParsersAction) -> None:
           "configs/det/dota2_vit_l12x4.yaml")
     _task(group, "seg", "class masks: <stem>.tif (georeferenced) or <stem>.png",
           "configs/seg/potsdam_vit_l12x4.yaml")
-
-
-def _bands(text: Optional[str]) -> Optional[Tuple[int, ...]]:
-    if text is None:
-        return None
-    try:
-        return tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise ConfigError(f"--bands: comma-separated 1-based band numbers, got {text!r}") from None
 
 
 def _split_inputs(inputs: List[str], overrides: List[str]) -> Tuple[List[str], List[str]]:
@@ -58,7 +48,7 @@ def _task(group: argparse._SubParsersAction, task: str, help_text: str, example:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: a GPU if there is one)")
     p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
                    help="default: the config's train.precision on a GPU, fp32 on the CPU")
-    p.add_argument("--bands", default=None,
+    p.add_argument("--bands", type=band_list, default=None,
                    help="comma-separated 1-based bands to read, in the model's order (default: data.bands of the "
                         "config, else every band)")
     if task == "det":
@@ -81,7 +71,7 @@ def _task(group: argparse._SubParsersAction, task: str, help_text: str, example:
         inputs, overrides = _split_inputs(args.inputs, args.overrides)
         options = PredictOptions(
             tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
-            precision=args.precision, bands=_bands(args.bands), overwrite=args.overwrite,
+            precision=args.precision, bands=args.bands, overwrite=args.overwrite,
             overlay=not args.no_overlay, progress=not args.no_progress,
             score_thr=getattr(args, "score_thr", None), iou_thr=getattr(args, "iou_thr", 0.1),
             probabilities=getattr(args, "probabilities", False))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import verb
+from .common import band_list, verb
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -52,15 +52,6 @@ def _millionaid(sub: argparse._SubParsersAction) -> None:
     verb(p, run)
 
 
-def _band_list(text: str) -> tuple:
-    try:
-        bands = tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated 1-based band numbers, e.g. 4,3,2,8; "
-                                         f"got {text!r}") from None
-    return bands
-
-
 def _images(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("images", help="any tree of JPEG / PNG / TIFF / GeoTIFF files -> WebDataset shards of "
                                       "raw windows + manifest.json with per-band statistics (docs/shards.md)")
@@ -75,7 +66,7 @@ def _images(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-valid", type=float, default=0.0,
                    help="fraction of valid (not nodata) pixels a window needs; others are left out and "
                         "counted (default 0)")
-    p.add_argument("--bands", type=_band_list, default=None,
+    p.add_argument("--bands", type=band_list, default=None,
                    help="1-based bands to keep, in this order, e.g. 4,3,2,8 (default: all)")
     p.add_argument("--maxcount", type=int, default=1000, help="samples per shard at most (default 1000)")
     p.add_argument("--maxsize", type=float, default=1e9, help="bytes per shard at most, of raw pixels (default 1e9)")
