@@ -31,7 +31,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["rsfm_ds", "rsfm_ds.*"]),
-    package_data={"rsfm_ds": ["resources/*"]},
+    # ops/csrc: C++ sources JIT-built on first use (docs/rotated_ops.md, "The fused CPU kernel").
+    package_data={"rsfm_ds": ["resources/*", "ops/csrc/*.cpp"]},
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",

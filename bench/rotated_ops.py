@@ -1,4 +1,4 @@
-"""Rotated-op speed: our vectorised torch ops against a shapely loop, measured in the same run.
+"""Rotated-op speed: our fused and plain paths against shapely 2, measured in the same run.
 
 For two layouts of ``--n`` random boxes:
 
@@ -9,30 +9,36 @@ For two layouts of ``--n`` random boxes:
 
 it times
 
-  * the ``N x N`` IoU matrix (``box_iou_rotated``) against a plain shapely loop over pairs. The
-    loop is timed on the pairs of the first ``--baseline-n`` boxes and extrapolated per pair to
-    ``N x N`` (stated in the output); it is also priced with the same pruning as ours, over
-    only the pairs whose bounding boxes overlap, at the per-pair cost measured on such pairs;
-  * greedy NMS (``nms_rotated``) on the ``N`` boxes against sequential greedy NMS in Python that
-    compares each box with the kept ones through shapely (bounding-box prefilter in numpy), run
-    in full; the two kept lists must match.
+  * the ``N x N`` IoU matrix (``box_iou_rotated``) on the fused CPU kernel and on the plain torch
+    path (``RSFM_ROTATED_OPS=fused`` / ``plain``), against what a user reaches for today: shapely
+    2's vectorised ``intersection`` / ``area`` over the candidate pairs of an ``STRtree`` query
+    (tree build and scatter into the dense matrix included);
+  * greedy NMS (``nms_rotated``) on both paths against sequential greedy NMS in Python that
+    compares each box with the kept ones through vectorised shapely (bounding-box prefilter in
+    numpy). All three kept lists must match.
 
-Figures are the best of ``--repeats`` runs; nothing about time is asserted.
+The largest differences between the matrices are printed as well. Figures are the best of
+``--repeats`` runs (``--slow-repeats`` for the plain path and shapely, which take minutes on the
+dense set); the machine load is printed because other processes change every figure. Nothing
+about time is asserted.
 
-    python bench/rotated_ops.py --n 2000 --device cpu
+    python bench/rotated_ops.py --n 2000
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
-from typing import Callable, List
+from contextlib import contextmanager
+from typing import Callable, Iterator, List, Tuple
 
 import numpy as np
 import shapely
 import torch
 
 from rsfm_ds.ops import box_iou_rotated, box_to_polygon, nms_rotated
+from rsfm_ds.ops import rotated_iou_fused
 
 
 def make_boxes(layout: str, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -46,45 +52,44 @@ def make_boxes(layout: str, n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.stack([uniform(-4, 4), uniform(-4, 4), uniform(20, 60), uniform(20, 60), theta], 1)
 
 
-def best_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    best = math.inf
+@contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Run the block with ``RSFM_ROTATED_OPS=name``."""
+    old = os.environ.get(rotated_iou_fused.ENV_VAR)
+    os.environ[rotated_iou_fused.ENV_VAR] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[rotated_iou_fused.ENV_VAR]
+        else:
+            os.environ[rotated_iou_fused.ENV_VAR] = old
+
+
+def timed(fn: Callable[[], object], repeats: int) -> Tuple[float, object]:
+    """Best wall time over ``repeats`` calls, and the last result."""
+    best, result = math.inf, None
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
         start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        result = fn()
         best = min(best, time.perf_counter() - start)
-    return best
+    return best, result
 
 
 def shapely_polygons(boxes: torch.Tensor) -> np.ndarray:
     return shapely.polygons(box_to_polygon(boxes.double()).view(-1, 4, 2).numpy())
 
 
-def aabb_overlap(polys: np.ndarray) -> np.ndarray:
-    """``[N, N]`` bool: closed bounding boxes intersect."""
-    b = shapely.bounds(polys)
-    return ((b[:, None, 0] <= b[None, :, 2]) & (b[None, :, 0] <= b[:, None, 2])
-            & (b[:, None, 1] <= b[None, :, 3]) & (b[None, :, 1] <= b[:, None, 3]))
-
-
-def shapely_loop_per_pair(polys: np.ndarray, m: int, only_overlapping: bool) -> float:
-    """Seconds per pair of a plain loop computing IoU over pairs of the first ``m`` polygons:
-    every pair, or only those whose bounding boxes overlap."""
-    subset = polys[:m]
-    if only_overlapping:
-        pairs = np.argwhere(aabb_overlap(subset)).tolist()
-    else:
-        pairs = [(i, j) for i in range(m) for j in range(m)]
-    start = time.perf_counter()
-    for i, j in pairs:
-        p, q = subset[i], subset[j]
-        inter = p.intersection(q).area
-        union = p.area + q.area - inter
-        _ = inter / union if union > 0 else 0.0
-    return (time.perf_counter() - start) / len(pairs)
+def shapely_iou_matrix(polys: np.ndarray) -> np.ndarray:
+    """Dense IoU the way a shapely 2 user computes it: STRtree candidates, vectorised overlay."""
+    tree = shapely.STRtree(polys)
+    i, j = tree.query(polys)  # pairs whose bounding boxes intersect
+    area = shapely.area(polys)
+    inter = shapely.area(shapely.intersection(polys[i], polys[j]))
+    union = area[i] + area[j] - inter
+    out = np.zeros((len(polys), len(polys)))
+    out[i, j] = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    return out
 
 
 def shapely_greedy_nms(polys: np.ndarray, scores: np.ndarray, threshold: float) -> List[int]:
@@ -107,61 +112,59 @@ def shapely_greedy_nms(polys: np.ndarray, scores: np.ndarray, threshold: float) 
     return kept
 
 
-def fmt_rate(pairs: float, seconds: float) -> str:
-    return f"{pairs / seconds / 1e6:8.2f} M pairs/s"
+def row(label: str, seconds: float, pairs: int) -> str:
+    return f"  {label:<34}{seconds * 1e3:11.1f} ms  {pairs / seconds / 1e6:8.2f} M pairs/s"
 
 
-def run_layout(layout: str, args: argparse.Namespace, device: torch.device) -> None:
+def run_layout(layout: str, args: argparse.Namespace) -> None:
     gen = torch.Generator().manual_seed(args.seed)
-    boxes = make_boxes(layout, args.n, gen)
+    boxes = make_boxes(layout, args.n, gen).double()
     scores = torch.rand(args.n, generator=gen)
     polys = shapely_polygons(boxes)
-    boxes_dev, scores_dev = boxes.to(device), scores.to(device)
     n_pairs = args.n * args.n
-    candidates = int(aabb_overlap(polys).sum())
 
-    box_iou_rotated(boxes_dev[:64], boxes_dev[:64])  # warm-up
-    t_iou = best_time(lambda: box_iou_rotated(boxes_dev, boxes_dev, chunk_size=args.chunk_size),
-                      args.repeats, device)
-    per_pair = shapely_loop_per_pair(polys, args.baseline_n, only_overlapping=False)
-    per_candidate = shapely_loop_per_pair(polys, args.baseline_n, only_overlapping=True)
-    t_loop_all = per_pair * n_pairs
-    t_loop_pruned = per_candidate * candidates
+    with backend("fused"):
+        t_fused, iou_fused = timed(lambda: box_iou_rotated(boxes, boxes), args.repeats)
+    with backend("plain"):
+        t_plain, iou_plain = timed(lambda: box_iou_rotated(boxes, boxes), args.slow_repeats)
+    t_shapely, iou_shapely = timed(lambda: shapely_iou_matrix(polys), args.slow_repeats)
+    overlapping = int((iou_fused > 0).sum())
 
-    t_nms = best_time(lambda: nms_rotated(boxes_dev, scores_dev, args.iou_threshold,
-                                          chunk_size=args.chunk_size), args.repeats, device)
-    kept = nms_rotated(boxes_dev, scores_dev, args.iou_threshold).cpu().tolist()
-    start = time.perf_counter()
-    kept_ref = shapely_greedy_nms(polys, scores.numpy(), args.iou_threshold)
-    t_nms_ref = time.perf_counter() - start
+    print(f"\n[{layout}] {args.n} x {args.n} boxes, {overlapping} pairs overlap "
+          f"({100 * overlapping / n_pairs:.1f}%)")
+    print(row("IoU matrix  fused kernel", t_fused, n_pairs))
+    print(row("            plain torch", t_plain, n_pairs))
+    print(row("            shapely 2 + STRtree", t_shapely, n_pairs))
+    print(f"  fused vs shapely {t_shapely / t_fused:8.1f} x   "
+          f"fused vs plain {t_plain / t_fused:8.1f} x   plain vs shapely {t_shapely / t_plain:6.2f} x")
+    print(f"  max |fused - plain| {(iou_fused - iou_plain).abs().max().item():.1e}   "
+          f"max |fused - shapely| {np.abs(iou_fused.numpy() - iou_shapely).max():.1e}")
 
-    print(f"\n[{layout}] {args.n} boxes, {candidates} of {n_pairs} pairs have overlapping bounds "
-          f"({100 * candidates / n_pairs:.1f}%)")
-    print(f"  IoU matrix  ours                {t_iou * 1e3:10.1f} ms  {fmt_rate(n_pairs, t_iou)}")
-    print(f"              shapely loop, all   {t_loop_all * 1e3:10.1f} ms  "
-          f"{fmt_rate(n_pairs, t_loop_all)}  (extrapolated from {args.baseline_n}x"
-          f"{args.baseline_n} pairs: {per_pair * 1e6:.2f} us/pair)")
-    print(f"              shapely loop, pruned{t_loop_pruned * 1e3:10.1f} ms  "
-          f"(only the {candidates} overlapping-bounds pairs, at the {per_candidate * 1e6:.2f} "
-          f"us/pair measured on those of the subset)")
-    print(f"              speed-up            {t_loop_all / t_iou:10.1f} x all pairs, "
-          f"{t_loop_pruned / t_iou:.1f} x pruned")
-    print(f"  NMS @ {args.iou_threshold:.2f}  ours                {t_nms * 1e3:10.1f} ms  "
-          f"({len(kept)} kept)")
-    print(f"              shapely greedy loop {t_nms_ref * 1e3:10.1f} ms  (run in full; "
-          f"same kept list: {kept == kept_ref})")
-    print(f"              speed-up            {t_nms_ref / t_nms:10.1f} x")
+    with backend("fused"):
+        t_nms_fused, kept_fused = timed(
+            lambda: nms_rotated(boxes, scores, args.iou_threshold).tolist(), args.repeats)
+    with backend("plain"):
+        t_nms_plain, kept_plain = timed(
+            lambda: nms_rotated(boxes, scores, args.iou_threshold).tolist(), args.slow_repeats)
+    t_nms_shapely, kept_shapely = timed(
+        lambda: shapely_greedy_nms(polys, scores.numpy(), args.iou_threshold), args.slow_repeats)
+    same = kept_fused == kept_plain == kept_shapely
+    print(f"  NMS @ {args.iou_threshold:.2f}  fused kernel          {t_nms_fused * 1e3:11.1f} ms  "
+          f"({len(kept_fused)} kept)")
+    print(f"              plain torch           {t_nms_plain * 1e3:11.1f} ms")
+    print(f"              shapely greedy loop   {t_nms_shapely * 1e3:11.1f} ms  "
+          f"(same kept lists: {same})")
+    print(f"  fused vs shapely {t_nms_shapely / t_nms_fused:8.1f} x   "
+          f"fused vs plain {t_nms_plain / t_nms_fused:8.1f} x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="boxes per set")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--baseline-n", type=int, default=200,
-                        help="the shapely IoU loop is timed on this many x this many pairs")
     parser.add_argument("--iou-threshold", type=float, default=0.5)
-    parser.add_argument("--chunk-size", type=int, default=8192, help="pairs clipped at once")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the fused path")
+    parser.add_argument("--slow-repeats", type=int, default=1,
+                        help="runs of the plain path and of shapely")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--layouts", nargs="+", default=["sparse", "dense"],
                         choices=["sparse", "dense"])
@@ -169,11 +172,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    print(f"torch {torch.__version__}, shapely {shapely.__version__}, device {device}, "
-          f"{torch.get_num_threads()} CPU threads, chunk_size {args.chunk_size}")
+    rotated_iou_fused.load_kernel()
+    print(f"torch {torch.__version__}, shapely {shapely.__version__} (GEOS "
+          f"{shapely.geos_version_string}), {torch.get_num_threads()} CPU threads, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; fused kernel built or "
+          f"loaded in {rotated_iou_fused.build_seconds:.1f} s")
     for layout in args.layouts:
-        run_layout(layout, args, device)
+        run_layout(layout, args)
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ once (stably) and processed in blocks of ``_BLOCK`` in that order:
 
 IoU is thus computed between a box and the kept boxes before it plus its own block, not for all
 overlapping pairs: clusters of many overlapping detections, where few boxes survive, stay cheap.
+
+On CPU, when the fused rotated-IoU kernel applies (``rotated_iou_fused``: it built and
+``RSFM_ROTATED_OPS`` is not ``plain``), the sequential loop itself runs in that kernel instead:
+each kept box is compared with the later, still undecided boxes (bounding-box and label filters
+first), which is greedy NMS by definition and, compiled, cheaper than the block recursion's
+bookkeeping. The block recursion above remains the path on CUDA and the reference.
 """
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .polygon_iou import DEFAULT_CHUNK_SIZE, ConvexSet, PairFilter, box_vertices, iou_blocks
+from .polygon_iou import (DEFAULT_CHUNK_SIZE, ConvexSet, PairFilter, box_vertices, iou_blocks,
+                          kernel_for, tolerance)
 
 # Boxes resolved together; trades IoU work inside a block (quadratic) against sequential steps.
 _BLOCK = 512
@@ -68,6 +75,14 @@ def _nms(boxes: Tensor, scores: Tensor, labels: Optional[Tensor], iou_threshold:
     order = torch.sort(scores, descending=True, stable=True).indices
     polys = ConvexSet.from_vertices(box_vertices(boxes[order]))
     sorted_labels = labels[order] if labels is not None else None
+    kernel = kernel_for(polys, polys)
+    if kernel is not None:
+        flat_labels = (sorted_labels.long() if sorted_labels is not None
+                       else torch.empty(0, dtype=torch.long))
+        tol = float(tolerance(polys, polys).detach())
+        keep = kernel.nms_sorted(polys.subject, polys.clip, polys.aabbs.t().contiguous(),
+                                 flat_labels, float(iou_threshold), tol)
+        return order[keep]
 
     def suppressors(rows: Tensor, cols: Tensor, later: bool) -> Optional[PairFilter]:
         """Filter of pairs ``(rows[r], cols[c])`` that may suppress: same label, and (when

@@ -27,18 +27,28 @@ Dense ``[N, M]`` matrices are computed over candidate pairs only: pairs whose ax
 bounding boxes are disjoint have IoU 0 and are skipped. ``chunk_size`` bounds the number of pairs
 clipped at once (peak memory about 1 KB per pair); the candidate mask is built for blocks of
 ``64 * chunk_size // M`` rows, so memory stays bounded for any N.
+
+Two paths compute the same numbers: the plain torch code below (the reference, used on CUDA)
+and, for CPU tensors, a fused C++ kernel that runs the same clipping per pair in a compiled loop
+(``rotated_iou_fused`` says how it is built, selected and why; ``RSFM_ROTATED_OPS=plain|fused``
+forces one). The fused path ignores ``chunk_size``: it needs no per-pair scratch memory. ``mode="iof"`` divides by the first polygon's area instead of
+the union (mmcv's ``box_iou_rotated`` ``mode``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .box_geometry import box_to_polygon
+from .rotated_iou_fused import select_kernel
 
 DEFAULT_CHUNK_SIZE = 1 << 13
+# Denominators: the union (IoU) or the first polygon's area (IoF); the codes the kernel takes.
+MODES = {"iou": 0, "iof": 1}
 
 # Extra candidate filter for a block of rows [r0, r1): returns a [r1 - r0, M] bool mask.
 PairFilter = Callable[[int, int], Tensor]
@@ -161,16 +171,30 @@ def intersection_area(subject: Tensor, clip_dirs: Tensor, clip_offsets: Tensor,
     return 0.5 * (x[0] * y[1] - y[0] * x[1]).sum(0)
 
 
-def _tolerance(a: ConvexSet, b: ConvexSet) -> Tensor:
+def tolerance(a: ConvexSet, b: ConvexSet) -> Tensor:
+    """0-d float64: points closer than this to a clip line count as on it, for pairs of a, b."""
     # Side tests are differences of products of coordinates, so their rounding error grows with
     # the coordinates' magnitude; 64 eps leaves a wide margin over the few eps they accumulate.
     scale = torch.maximum(a.scale, b.scale).clamp_min(1.0)
     return 64 * torch.finfo(torch.float64).eps * scale
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def kernel_for(a: ConvexSet, b: ConvexSet) -> Optional[ModuleType]:
+    """The fused kernel when it applies to this pair of sets (CPU tensors), else None."""
+    return select_kernel(a.subject.device)
+
+
 def _iou_of_pairs(a: ConvexSet, b: ConvexSet, ia: Tensor, ib: Tensor, tol: Tensor,
-                  chunk_size: int) -> Tensor:
-    """IoU of the pairs ``(a[ia[k]], b[ib[k]])`` -> ``[len(ia)]`` float64."""
+                  chunk_size: int, mode: str = "iou",
+                  kernel: Optional[ModuleType] = None) -> Tensor:
+    """IoU (or IoF) of the pairs ``(a[ia[k]], b[ib[k]])`` -> ``[len(ia)]`` float64."""
+    if kernel is not None:
+        return kernel.overlap_pairs(a.subject, b.clip, ia, ib, float(tol.detach()), MODES[mode])
     out = torch.empty(ia.shape[0], dtype=torch.float64, device=ia.device)
     for k0 in range(0, ia.shape[0], chunk_size):
         pa = a.subject.index_select(0, ia[k0:k0 + chunk_size]).t().contiguous()  # [9, B]
@@ -180,7 +204,8 @@ def _iou_of_pairs(a: ConvexSet, b: ConvexSet, ia: Tensor, ib: Tensor, tol: Tenso
                                   tol)
         area_a, area_b = pa[8], pb[12]
         inter = torch.minimum(inter.clamp_min(0), torch.minimum(area_a, area_b))
-        union = area_a + area_b - inter
+        # IoF (mmcv's mode "iof") divides by the first polygon's area; the same zero rule holds.
+        union = area_a if mode == "iof" else area_a + area_b - inter
         # Zero union means both polygons are degenerate: IoU 0, not NaN.
         positive = union > 0
         out[k0:k0 + chunk_size] = torch.where(positive, inter, 0) / torch.where(positive, union, 1)
@@ -194,8 +219,8 @@ def _aabb_overlap(a: Tensor, b: Tensor) -> Tensor:
 
 
 def iou_blocks(a: ConvexSet, b: ConvexSet, chunk_size: int = DEFAULT_CHUNK_SIZE,
-               pair_filter: Optional[PairFilter] = None,
-               prune: bool = True) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
+               pair_filter: Optional[PairFilter] = None, prune: bool = True,
+               mode: str = "iou") -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
     """IoU of every pair that can overlap, as sparse lists, one block of rows at a time.
 
     Args:
@@ -203,15 +228,18 @@ def iou_blocks(a: ConvexSet, b: ConvexSet, chunk_size: int = DEFAULT_CHUNK_SIZE,
         chunk_size: pairs clipped at once; rows are scanned in blocks of ``64 * chunk_size // M``.
         pair_filter: optional extra mask per row block (e.g. upper triangle, same label).
         prune: skip pairs with disjoint bounding boxes (their IoU is 0).
+        mode: ``"iou"`` or ``"iof"`` (intersection over the area of ``a``'s polygon).
 
     Yields:
         ``(rows [P], cols [P], iou [P] float64)`` for the P candidate pairs of a block; pairs
         not yielded have IoU 0 (or were filtered out).
     """
+    _check_mode(mode)
     n, m = len(a), len(b)
     if n == 0 or m == 0:
         return
-    tol = _tolerance(a, b)
+    tol = tolerance(a, b)
+    kernel = kernel_for(a, b)
     # The candidate mask is cheap next to the clipping, so it is built for many rows at once.
     block = max(1, 64 * chunk_size // m)
     for r0 in range(0, n, block):
@@ -224,23 +252,37 @@ def iou_blocks(a: ConvexSet, b: ConvexSet, chunk_size: int = DEFAULT_CHUNK_SIZE,
             cand &= pair_filter(r0, r1)
         rows, cols = cand.nonzero(as_tuple=True)
         rows = rows + r0
-        yield rows, cols, _iou_of_pairs(a, b, rows, cols, tol, chunk_size)
+        yield rows, cols, _iou_of_pairs(a, b, rows, cols, tol, chunk_size, mode, kernel)
 
 
-def _iou_matrix(a: ConvexSet, b: ConvexSet, chunk_size: int, dtype: torch.dtype) -> Tensor:
-    out = torch.zeros(len(a), len(b), dtype=dtype, device=a.subject.device)
-    for rows, cols, iou in iou_blocks(a, b, chunk_size):
-        out[rows, cols] = iou.to(dtype)
-    return out
+def _iou_matrix(a: ConvexSet, b: ConvexSet, chunk_size: int, dtype: torch.dtype,
+                mode: str) -> Tensor:
+    _check_mode(mode)
+    kernel = kernel_for(a, b)
+    if kernel is None or len(a) == 0 or len(b) == 0:
+        out = torch.zeros(len(a), len(b), dtype=dtype, device=a.subject.device)
+        for rows, cols, iou in iou_blocks(a, b, chunk_size, mode=mode):
+            out[rows, cols] = iou.to(dtype)
+        return out
+    # The kernel applies the bounding-box filter per pair itself and writes float32 or float64
+    # directly (the same rounding as computing in float64 and casting).
+    direct = dtype in (torch.float32, torch.float64)
+    out = torch.empty(len(a), len(b), dtype=dtype if direct else torch.float64)
+    kernel.overlap_matrix(a.subject, b.clip, a.aabbs.t().contiguous(), b.aabbs.t().contiguous(),
+                          float(tolerance(a, b).detach()), MODES[mode], True, out)
+    return out if direct else out.to(dtype)
 
 
-def _iou_aligned(a: ConvexSet, b: ConvexSet, chunk_size: int, dtype: torch.dtype) -> Tensor:
+def _iou_aligned(a: ConvexSet, b: ConvexSet, chunk_size: int, dtype: torch.dtype,
+                 mode: str) -> Tensor:
+    _check_mode(mode)
     if len(a) != len(b):
         raise ValueError(f"aligned IoU needs equal counts, got {len(a)} and {len(b)}")
     if len(a) == 0:
         return torch.empty(0, dtype=dtype, device=a.subject.device)
     idx = torch.arange(len(a), device=a.subject.device)
-    return _iou_of_pairs(a, b, idx, idx, _tolerance(a, b), chunk_size).to(dtype)
+    return _iou_of_pairs(a, b, idx, idx, tolerance(a, b), chunk_size, mode,
+                         kernel_for(a, b)).to(dtype)
 
 
 def _result_dtype(x: Tensor, y: Tensor) -> torch.dtype:
@@ -249,7 +291,7 @@ def _result_dtype(x: Tensor, y: Tensor) -> torch.dtype:
 
 
 def polygon_iou(polys1: Tensor, polys2: Tensor, aligned: bool = False,
-                chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
+                chunk_size: int = DEFAULT_CHUNK_SIZE, mode: str = "iou") -> Tensor:
     """Exact IoU of quadrilaterals ``x1 y1 ... x4 y4``.
 
     Each quad is replaced by its convex hull (see ``convex_quads``), so vertex order (clockwise,
@@ -259,7 +301,10 @@ def polygon_iou(polys1: Tensor, polys2: Tensor, aligned: bool = False,
         polys1: ``[N, 8]``.
         polys2: ``[M, 8]`` (``M == N`` when ``aligned``).
         aligned: IoU of row k with row k only.
-        chunk_size: pairs processed at once (memory bound, about 1 KB per pair).
+        chunk_size: pairs processed at once by the plain path (memory bound, about 1 KB per
+            pair).
+        mode: ``"iou"``, or ``"iof"`` for the intersection over the area of the first argument's
+            polygon (mmcv's ``box_iou_rotated(..., mode="iof")``).
 
     Returns:
         ``[N, M]`` (``[N]`` when aligned) in the inputs' floating dtype (float32 for integers).
@@ -267,18 +312,21 @@ def polygon_iou(polys1: Tensor, polys2: Tensor, aligned: bool = False,
     a = ConvexSet.from_vertices(convex_quads(polys1))
     b = ConvexSet.from_vertices(convex_quads(polys2))
     dtype = _result_dtype(polys1, polys2)
-    return (_iou_aligned if aligned else _iou_matrix)(a, b, chunk_size, dtype)
+    return (_iou_aligned if aligned else _iou_matrix)(a, b, chunk_size, dtype, mode)
 
 
 def box_iou_rotated(boxes1: Tensor, boxes2: Tensor, aligned: bool = False,
-                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
+                    chunk_size: int = DEFAULT_CHUNK_SIZE, mode: str = "iou") -> Tensor:
     """Exact IoU of rotated boxes ``(cx, cy, w, h, theta)``.
 
     Args:
         boxes1: ``[N, 5]``.
         boxes2: ``[M, 5]`` (``M == N`` when ``aligned``).
         aligned: IoU of row k with row k only.
-        chunk_size: pairs processed at once (memory bound, about 1 KB per pair).
+        chunk_size: pairs processed at once by the plain path (memory bound, about 1 KB per
+            pair).
+        mode: ``"iou"``, or ``"iof"`` for the intersection over the area of the first argument's
+            polygon (mmcv's ``box_iou_rotated(..., mode="iof")``).
 
     Returns:
         ``[N, M]`` (``[N]`` when aligned) in the inputs' floating dtype. ``w, h`` must be
@@ -287,4 +335,4 @@ def box_iou_rotated(boxes1: Tensor, boxes2: Tensor, aligned: bool = False,
     a = ConvexSet.from_vertices(box_vertices(boxes1))
     b = ConvexSet.from_vertices(box_vertices(boxes2))
     dtype = _result_dtype(boxes1, boxes2)
-    return (_iou_aligned if aligned else _iou_matrix)(a, b, chunk_size, dtype)
+    return (_iou_aligned if aligned else _iou_matrix)(a, b, chunk_size, dtype, mode)

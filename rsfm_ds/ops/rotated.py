@@ -1,9 +1,10 @@
 """Rotated-box operations: the public interface.
 
-Rotated ops are ours, in plain torch, because mmcv's compiled ops do not build against torch
-2.14 headers and mmrotate caps mmcv below 2.2 (docs/rotated_ops.md). The same code runs on
-CPU and CUDA, vectorised over boxes and pairs, and is exact: IoU by polygon clipping (not a
-Gaussian approximation), NMS equal to sequential greedy NMS.
+Rotated ops are ours because mmcv's compiled ops do not build against torch 2.14 headers and
+mmrotate caps mmcv below 2.2 (docs/rotated_ops.md). They are plain torch, vectorised over boxes
+and pairs, on CPU and CUDA, and exact: IoU by polygon clipping (not a Gaussian approximation), NMS
+equal to sequential greedy NMS. On CPU, IoU and NMS run the same algorithms in a fused C++ kernel
+built on first use (``rotated_iou_fused``; ``RSFM_ROTATED_OPS=plain`` turns it off).
 
 Conventions (``box_geometry``): a box is ``(cx, cy, w, h, theta)``, theta in radians, image
 coordinates (y down), w-axis along ``(cos theta, sin theta)``; le90 means ``w >= h`` and theta in
@@ -15,8 +16,9 @@ coordinates (y down), w-axis along ``(cos theta, sin theta)``; le90 means ``w >=
 ``regularize_le90``        ``[..., 5] -> [..., 5]``
 ``box_area``               ``[..., 5] -> [...]``
 ``wrap_angle_le90``        angles modulo pi into ``[-pi/2, pi/2)``
-``polygon_iou``            ``[N, 8] x [M, 8] -> [N, M]`` (``[N]`` aligned), exact, any vertex order
-``box_iou_rotated``        ``[N, 5] x [M, 5] -> [N, M]`` (``[N]`` aligned), exact
+``polygon_iou``            ``[N, 8] x [M, 8] -> [N, M]`` (``[N]`` aligned), exact, any vertex order;
+                           ``mode="iof"`` divides by the first polygon's area
+``box_iou_rotated``        ``[N, 5] x [M, 5] -> [N, M]`` (``[N]`` aligned), exact; ``mode`` as above
 ``nms_rotated``            greedy NMS -> kept indices by decreasing score
 ``batched_nms_rotated``    the same within each label
 ``roi_align_rotated``      ``[N, C, H, W], [K, 6] -> [K, C, oh, ow]`` (mmcv semantics; pass
