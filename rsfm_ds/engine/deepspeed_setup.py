@@ -19,7 +19,9 @@ import torch
 import torch.nn as nn
 
 from ..config import ConfigError
+from ..models.seeded_init import SeededInit
 from .launcher_guard import follow_launcher
+from .zero_inplace_init import init_partitions_in_place, supports_inplace
 
 DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 
@@ -109,11 +111,13 @@ def _agree(ds: Dict[str, Any], key: str, want: Any, run_field: str, source: str)
 
 def reconcile_ds_config(ds_config: Dict[str, Any], *, micro_batch_size: int, global_batch_size: int,
                         world_size: int, precision: str, clip_grad: Optional[float],
-                        source: str = "DeepSpeed config") -> Dict[str, Any]:
+                        source: str = "DeepSpeed config", tune_one_rank: bool = True) -> Dict[str, Any]:
     """The DeepSpeed config with batch sizes, precision and clipping filled from the run config.
 
-    Raises :class:`ConfigError` when the global batch does not divide into micro batches over the
-    world size, or when the DeepSpeed config contradicts the run config.
+    With ``tune_one_rank`` a ZeRO-3 config for a world of one rank also gets
+    :func:`one_rank_zero3` (see there). Raises :class:`ConfigError` when the global batch does not
+    divide into micro batches over the world size, or when the DeepSpeed config contradicts the
+    run config.
     """
     stage = ds_config.get("zero_optimization", {}).get("stage")
     if stage is not None and stage not in (0, 1, 2, 3):
@@ -137,7 +141,27 @@ def reconcile_ds_config(ds_config: Dict[str, Any], *, micro_batch_size: int, glo
         elif bool(enabled) != want:
             raise ConfigError(f"{source}: {name}.enabled is {enabled} but train.precision is {precision!r}")
     _agree(ds, "gradient_clipping", float(clip_grad) if clip_grad else 0.0, "optim.clip_grad", source)
+    if tune_one_rank and world_size == 1 and stage == 3:
+        one_rank_zero3(ds)
     return ds
+
+
+def one_rank_zero3(ds: Dict[str, Any]) -> None:
+    """ZeRO-3 settings for a world of one rank (in place): ``memory_efficient_linear: false``.
+
+    DeepSpeed's memory-efficient linear (``deepspeed/runtime/zero/linear.py``) replaces
+    ``torch.nn.functional.linear`` for the whole process with an autograd function that keeps no
+    gathered weight alive after ZeRO-3 releases it, at the price of an unfused matmul + bias and
+    Python bookkeeping per call (measured: 3-5% of a ``debug_l`` step, neutral for ``vit_b12x1``;
+    docs/benchmarks.md). On one rank a gathered weight is a copy of a partition that already
+    holds the whole parameter, so keeping it until the backward pass costs at most one more copy
+    of the weights in the training dtype, next to the 16 bytes per parameter of training states.
+    With more ranks it would keep every gathered weight alive, i.e. undo ZeRO-3's parameter
+    sharding, so configs for several ranks are passed through unchanged. (A persistence threshold
+    above every parameter was measured too and did not help: DeepSpeed then re-gathers all
+    persistent parameters after every optimizer step.)
+    """
+    ds.setdefault("zero_optimization", {})["memory_efficient_linear"] = False
 
 
 def zero_stage(ds_config: Dict[str, Any]) -> int:
@@ -148,22 +172,31 @@ def model_dtype(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def build_model(factory, ds_config: Dict[str, Any], zero_init: bool) -> nn.Module:
+def build_model(factory, ds_config: Dict[str, Any], zero_init: bool, seed: int = 0) -> nn.Module:
     """Build ``factory()``; under ``zero.Init`` when asked (ZeRO-3 only), partitioned from the start.
 
-    Models built under ``zero.Init`` hold empty shards when their constructors run, so their own
-    initialisation is redone here module by module with the module's partitions gathered and rank
-    0's values broadcast (the model provides ``init_module(m)``).
+    A model that declares its initialisation as rules (``init_rules``, see
+    :mod:`rsfm_ds.models.seeded_init`) is initialised from ``seed``: a plain build fills every
+    parameter, a ``zero.Init`` build has each rank write its own partitions in place
+    (:mod:`rsfm_ds.engine.zero_inplace_init`), and both give the same weights at any world size.
+    Other models built under ``zero.Init`` (ones that only provide ``init_module(m)``) are
+    initialised module by module with the module's partitions gathered and rank 0's values
+    broadcast, which costs a broadcast of the whole model.
     """
     if not zero_init:
-        return factory()
+        model = factory()
+        if isinstance(model, SeededInit):
+            model.init_weights(seed)
+        return model
     if zero_stage(ds_config) != 3:
         raise ConfigError("model.zero_init needs ZeRO stage 3 in the DeepSpeed config")
     import deepspeed
 
     with deepspeed.zero.Init(config_dict_or_path=ds_config):
         model = factory()
-    if hasattr(model, "init_module"):
+    if supports_inplace(model):
+        init_partitions_in_place(model, seed)
+    elif hasattr(model, "init_module"):
         for module in model.modules():
             params = list(module.parameters(recurse=False))
             ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=0) if params else nullcontext()

@@ -62,7 +62,7 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     resume_from = ckpt.resume_path()
 
     seed_all(cfg.seed)  # identical initialisation on every rank
-    model = build_model(mcfg.build, run.ds_config, mcfg.zero_init)
+    model = build_model(mcfg.build, run.ds_config, mcfg.zero_init, seed=cfg.seed)
     model.set_grad_checkpointing(mcfg.grad_checkpointing, use_reentrant=mcfg.checkpoint_use_reentrant)
     ds_config = resume_ds_config(run.ds_config, resume_from, run.world)  # before initialize: load_universal
     engine, optimizer = initialize(model, build_param_groups(model, ocfg.weight_decay), ds_config, ocfg)

@@ -14,13 +14,14 @@ predicts ``p*p*C`` values per patch; the target of a patch covers all of its ban
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..config import check
 from .presets import PRESETS, get_preset
+from .seeded_init import Normal, Rule, SeededInit
 from .vit import Block, VisionTransformer, sincos_pos_embed_2d
 
 
@@ -66,7 +67,7 @@ def random_masking(batch: int, length: int, mask_ratio: float, device: torch.dev
     return ids_keep, mask, ids_restore
 
 
-class MaskedAutoencoder(nn.Module):
+class MaskedAutoencoder(SeededInit, nn.Module):
     """MAE with a :class:`VisionTransformer` encoder.
 
     Args:
@@ -100,16 +101,13 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_size ** 2 * self.in_chans)
         self.init_weights()
 
-    def init_weights(self) -> None:
-        """MAE initialisation of every submodule (see :meth:`init_module`)."""
-        self.apply(self.init_module)
-
-    def init_module(self, m: nn.Module) -> None:
-        """Initialise the parameters ``m`` owns directly: the encoder's rules, plus the mask token."""
+    def init_rules(self, m: nn.Module) -> Dict[str, Rule]:
+        """The encoder's rules (:meth:`VisionTransformer.init_rules`) plus the mask token
+        N(0, 0.02), as facebookresearch/mae's ``models_mae.py``; see
+        :mod:`rsfm_ds.models.seeded_init` for how values follow from the seed."""
         if m is self:
-            nn.init.normal_(self.mask_token, std=0.02)
-        else:
-            self.encoder.init_module(m)
+            return {"mask_token": Normal(0.0, 0.02)}
+        return self.encoder.init_rules(m)
 
     def set_grad_checkpointing(self, enable: bool = True, use_reentrant: bool = False) -> None:
         """Checkpoint the encoder blocks (the decoder is small and sees few tokens per FLOP)."""

@@ -19,7 +19,7 @@ between the two without renaming; parallel blocks follow ``ParallelThingsBlock``
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, Mlp, PatchEmbed
+
+from .seeded_init import Constant, Normal, Rule, SeededInit, xavier_uniform
 
 
 def sincos_pos_embed_2d(embed_dim: int, grid_hw: Sequence[int], cls_token: bool = False) -> torch.Tensor:
@@ -148,7 +150,19 @@ def make_block(dim: int, num_heads: int, mlp_dim: int, num_branches: int, **kwar
     return ParallelBlock(dim, num_heads, mlp_dim, num_branches=num_branches, **kwargs)
 
 
-class VisionTransformer(nn.Module):
+def linear_norm_rules(m: nn.Module) -> Dict[str, Rule]:
+    """MAE's rules for the layers every transformer shares: a linear layer xavier-uniform with zero
+    bias, a LayerNorm (timm's LayerNorm2d included) at identity; ``{}`` for anything else."""
+    if isinstance(m, nn.Linear):
+        rules: Dict[str, Rule] = {"weight": xavier_uniform(m.in_features, m.out_features)}
+        return {**rules, "bias": Constant(0.0)} if m.bias is not None else rules
+    if isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+        rules = {"weight": Constant(1.0)}
+        return {**rules, "bias": Constant(0.0)} if m.bias is not None else rules
+    return {}
+
+
+class VisionTransformer(SeededInit, nn.Module):
     """ViT encoder with plain or parallel blocks and a fixed sin-cos position table.
 
     Args:
@@ -198,31 +212,24 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
-    def init_weights(self) -> None:
-        """MAE initialisation of every submodule (see :meth:`init_module`)."""
-        self.apply(self.init_module)
+    def init_rules(self, m: nn.Module) -> Dict[str, Rule]:
+        """Initialisation of the parameters that ``m`` owns directly (not its children's).
 
-    def init_module(self, m: nn.Module) -> None:
-        """Initialise the parameters that ``m`` owns directly (not its children's).
-
-        One module at a time so that an engine can gather each module's ZeRO-3 partitions around
-        the call (models built under ``deepspeed.zero.Init`` hold empty shards until gathered).
-        Patch projection as a linear layer (xavier), linear layers xavier with zero bias, norms at
-        identity, class token N(0, 0.02).
+        facebookresearch/mae's ``models_mae.py`` (``initialize_weights`` / ``_init_weights``):
+        patch projection xavier-uniform as a linear layer (over its ``[out, in * p * p]`` view),
+        linear layers xavier-uniform with zero bias, norms at identity, class token N(0, 0.02).
+        Values are drawn by :mod:`rsfm_ds.models.seeded_init`, so they are a function of the seed
+        and the parameter names alone (not of the order modules are visited nor of ZeRO-3
+        partitioning). Rules come from module attributes, not tensor shapes, because a module
+        built under ``zero.Init`` holds empty shards.
         """
-        if m is self and self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=0.02)
-        elif m is self.patch_embed.proj:
-            w = m.weight
-            nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        if m is self:
+            return {"cls_token": Normal(0.0, 0.02)} if self.cls_token is not None else {}
+        if m is self.patch_embed.proj:
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
+            rules: Dict[str, Rule] = {"weight": xavier_uniform(fan_in, m.out_channels)}
+            return {**rules, "bias": Constant(0.0)} if m.bias is not None else rules
+        return linear_norm_rules(m)
 
     def set_grad_checkpointing(self, enable: bool = True, use_reentrant: bool = False) -> None:
         """Recompute each block in the backward pass instead of storing its activations.
@@ -279,4 +286,4 @@ class VisionTransformer(nn.Module):
 
 
 __all__ = ["Attention", "Block", "ParallelBlock", "VisionTransformer", "make_block",
-           "sincos_pos_embed_2d"]
+           "linear_norm_rules", "sincos_pos_embed_2d"]

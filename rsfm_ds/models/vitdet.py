@@ -60,7 +60,8 @@ from timm.layers import LayerNorm2d, PatchEmbed
 
 from ..config import check, check_choices
 from .presets import PRESETS, get_preset
-from .vit import Attention, VisionTransformer, make_block, sincos_pos_embed_2d
+from .seeded_init import Constant, Rule, SeededInit, Values, fan_in_uniform, kaiming_normal, xavier_uniform
+from .vit import Attention, VisionTransformer, linear_norm_rules, make_block, sincos_pos_embed_2d
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
@@ -270,6 +271,11 @@ class SimpleFeaturePyramid(nn.Module):
             stride and a name ``p{log2(stride)}`` (patch 16: p2, p3, p4, p5).
         extra_p6: add a level at twice the coarsest stride by 1x1 max-pooling with stride 2 of the
             coarsest output (no parameters), as detectron2's ``LastLevelMaxPool``.
+        scale_factors: the levels to build, finest first: a descending subset of ``SCALES``
+            that holds 1.0, as the ``scale_factors`` argument of detectron2's
+            ``SimpleFeaturePyramid`` (``detectron2/modeling/backbone/vit.py``). ``(1.0,)`` is the
+            single-scale ablation: one stride-``patch_size`` map (ViTDet paper, Table 1's
+            no-pyramid baseline).
 
     Attributes:
         out_strides: level name -> stride in input pixels, finest first.
@@ -282,18 +288,23 @@ class SimpleFeaturePyramid(nn.Module):
     SCALES = (4.0, 2.0, 1.0, 0.5)
 
     def __init__(self, in_dim: int, out_channels: int = 256, patch_size: int = 16,
-                 extra_p6: bool = False):
+                 extra_p6: bool = False, scale_factors: Sequence[float] = SCALES):
         super().__init__()
+        scale_factors = tuple(float(s) for s in scale_factors)
+        if (not set(scale_factors) <= set(self.SCALES) or 1.0 not in scale_factors
+                or list(scale_factors) != sorted(set(scale_factors), reverse=True)):
+            raise ValueError(f"scale_factors must be a descending subset of {self.SCALES} holding 1.0, "
+                             f"got {scale_factors}")
         if patch_size < 4 or patch_size & (patch_size - 1):
             raise ValueError(f"patch_size must be a power of two >= 4 for the pyramid, "
                              f"got {patch_size}")
         if in_dim % 4:
             raise ValueError(f"the x4 scale block halves the width twice: in_dim {in_dim} is not "
                              f"a multiple of 4")
-        strides = [int(patch_size / s) for s in self.SCALES]
+        strides = [int(patch_size / s) for s in scale_factors]
         self.levels = nn.ModuleDict({
             f"p{int(math.log2(stride))}": ScaleBlock(in_dim, out_channels, scale)
-            for stride, scale in zip(strides, self.SCALES)})
+            for stride, scale in zip(strides, scale_factors)})
         self.out_strides: Dict[str, int] = {f"p{int(math.log2(s))}": s for s in strides}
         self.extra_p6 = extra_p6
         if extra_p6:
@@ -310,7 +321,7 @@ class SimpleFeaturePyramid(nn.Module):
         return out
 
 
-class ViTDetBackbone(nn.Module):
+class ViTDetBackbone(SeededInit, nn.Module):
     """Plain or parallel ViT with window / global attention and a simple feature pyramid.
 
     Input ``[B, in_chans, H, W]``; an image whose sides are not multiples of ``patch_size`` is
@@ -345,6 +356,8 @@ class ViTDetBackbone(nn.Module):
         pretrain_img_size: pretraining resolution, which sets the grid of the ``interpolate``
             table (224 as detectron2's ``ViT``); match the checkpoint's so that its table loads
             without resampling.
+        scale_factors: pyramid levels (:class:`SimpleFeaturePyramid`); ``(1.0,)`` outputs the
+            single stride-16 level ``p4`` (and ``p5`` with ``extra_p6``).
     """
 
     # Reused as is: both act on ``self.blocks`` and do not care about the token layout.
@@ -356,7 +369,8 @@ class ViTDetBackbone(nn.Module):
                  num_branches: int = 1, qkv_bias: bool = False, drop_path_rate: float = 0.1,
                  window_size: int = 14, global_attn_indexes: Sequence[int] = (2, 5, 8, 11),
                  use_rel_pos: bool = False, fused_attn: bool = True, out_channels: int = 256,
-                 extra_p6: bool = False, abs_pos: str = "interpolate", pretrain_img_size: int = 224):
+                 extra_p6: bool = False, abs_pos: str = "interpolate", pretrain_img_size: int = 224,
+                 scale_factors: Sequence[float] = SimpleFeaturePyramid.SCALES):
         super().__init__()
         if abs_pos not in ABS_POS_MODES:
             raise ValueError(f"abs_pos must be one of {ABS_POS_MODES}, got {abs_pos!r}")
@@ -402,46 +416,49 @@ class ViTDetBackbone(nn.Module):
                            window_size=0 if i in self.global_attn_indexes else window_size))
             for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim)
-        self.pyramid = SimpleFeaturePyramid(embed_dim, out_channels, patch_size, extra_p6=extra_p6)
+        self.pyramid = SimpleFeaturePyramid(embed_dim, out_channels, patch_size, extra_p6=extra_p6,
+                                            scale_factors=scale_factors)
         self.out_strides: Dict[str, int] = dict(self.pyramid.out_strides)
         self.out_channels = out_channels
         self.init_weights()
 
-    def init_weights(self) -> None:
-        """Initialise every parameter (see :meth:`init_module`)."""
-        self.apply(self.init_module)
+    def init_rules(self, m: nn.Module) -> Dict[str, Rule]:
+        """Initialisation of the parameters that ``m`` owns directly (not its children's).
 
-    def init_module(self, m: nn.Module) -> None:
-        """Initialise the parameters that ``m`` owns directly (not its children's).
-
-        One module at a time, as :meth:`VisionTransformer.init_module`, so that an engine can gather
-        each module's ZeRO-3 partitions around the call. Encoder: MAE's rules (patch projection as
-        a linear layer and linear layers xavier with zero bias, norms at identity); the
-        ``interpolate`` position table the sin-cos table of the pretraining grid (the fixed table
-        MAE pretrains with; detectron2 draws it from a truncated normal of std 0.02 instead);
-        relative position tables zero; pyramid 1x1 / 3x3 convolutions as detectron2's ``c2_msra_fill``
-        (kaiming normal, fan out); transposed convolutions at PyTorch's default.
+        Encoder: MAE's rules (:meth:`VisionTransformer.init_rules`: patch projection and linear
+        layers xavier-uniform with zero bias, norms at identity); the ``interpolate`` position
+        table the sin-cos table of the pretraining grid (the fixed table MAE pretrains with;
+        detectron2's ``vit.py`` draws it from a truncated normal of std 0.02 instead); relative
+        position tables zero. Pyramid: 1x1 / 3x3 convolutions as detectron2's ``c2_msra_fill``
+        (kaiming normal, fan out, ReLU gain); transposed convolutions at PyTorch's default
+        (``ConvTranspose2d.reset_parameters``: ``U(+-1/sqrt(fan_in))`` for weight and bias).
+        Values are drawn by :mod:`rsfm_ds.models.seeded_init`; ``init_module(m)`` (from
+        :class:`~rsfm_ds.models.seeded_init.SeededInit`) applies these rules to one module.
         """
-        if m is self and self.abs_pos == "interpolate":
-            with torch.no_grad():
-                self.pos_embed.copy_(self._table(self.pretrain_grid))
-        elif m is self.patch_embed.proj:
-            nn.init.xavier_uniform_(m.weight.view([m.weight.shape[0], -1]))
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):  # LayerNorm2d included
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, ViTDetAttention) and m.use_rel_pos:
-            nn.init.zeros_(m.rel_pos_h)
-            nn.init.zeros_(m.rel_pos_w)
-        elif isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.ConvTranspose2d):
-            m.reset_parameters()
+        if m is self:
+            if self.abs_pos == "interpolate":
+                return {"pos_embed": Values(self._table(self.pretrain_grid))}
+            return {}
+        if m is self.patch_embed.proj:
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
+            rules: Dict[str, Rule] = {"weight": xavier_uniform(fan_in, m.out_channels)}
+            return {**rules, "bias": Constant(0.0)} if m.bias is not None else rules
+        shared = linear_norm_rules(m)
+        if shared:
+            return shared
+        if isinstance(m, ViTDetAttention):
+            return {"rel_pos_h": Constant(0.0), "rel_pos_w": Constant(0.0)} if m.use_rel_pos else {}
+        if isinstance(m, nn.Conv2d):
+            receptive = m.kernel_size[0] * m.kernel_size[1]
+            rules = {"weight": kaiming_normal(m.out_channels * receptive)}
+            if m.bias is not None:  # c2_msra_fill zeroes it; our convs have none (a norm follows)
+                rules["bias"] = Constant(0.0)
+            return rules
+        if isinstance(m, nn.ConvTranspose2d):
+            # Weight [in, out / groups, kh, kw]: PyTorch's fan_in is dim 1 times the kernel.
+            bound = fan_in_uniform(m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
+            return {"weight": bound, "bias": bound} if m.bias is not None else {"weight": bound}
+        return {}
 
     def _table(self, grid_hw: Tuple[int, int]) -> torch.Tensor:
         table = sincos_pos_embed_2d(self.embed_dim, grid_hw)  # [1, gh*gw, D], row-major
@@ -501,6 +518,12 @@ class ViTDetConfig:
     """Input channels of the patch embedding: the band count of the images after data.bands
     (3 for RGB; e.g. 4 for RGB + near infrared). A pretrained backbone of another band count is
     adapted (backbone.patch_embed_adapt, docs/checkpoints.md)."""
+    scale_factors: Tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
+    """Levels of the simple feature pyramid relative to the stride-16 map, finest first (the
+    ``scale_factors`` of detectron2's ViTDet ``SimpleFeaturePyramid``): the default builds p2..p5;
+    ``[1.0]`` is the single-scale ablation (one stride-16 level, p4), which the segmentation
+    head accepts and Oriented R-CNN (five levels) does not. A descending subset of
+    (4, 2, 1, 0.5) holding 1."""
 
     def __post_init__(self):
         check(self.preset in PRESETS, "preset", f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
@@ -517,6 +540,10 @@ class ViTDetConfig:
         check(self.pretrain_img_size > 0 and self.pretrain_img_size % patch == 0, "pretrain_img_size",
               f"must be a positive multiple of the patch size {patch}, got {self.pretrain_img_size}")
         check(self.in_chans >= 1, "in_chans", f"must be >= 1, got {self.in_chans}")
+        scales = SimpleFeaturePyramid.SCALES
+        check(set(self.scale_factors) <= set(scales) and 1.0 in self.scale_factors
+              and list(self.scale_factors) == sorted(set(self.scale_factors), reverse=True), "scale_factors",
+              f"must be a descending subset of {list(scales)} holding 1.0, got {list(self.scale_factors)}")
 
     def build(self, extra_p6: bool = False) -> "ViTDetBackbone":
         """The backbone; ``extra_p6`` adds the stride-64 level (detection)."""
@@ -524,7 +551,7 @@ class ViTDetConfig:
                              global_attn_indexes=self.global_attn_indexes, drop_path_rate=self.drop_path_rate,
                              out_channels=self.out_channels, use_rel_pos=self.use_rel_pos, extra_p6=extra_p6,
                              abs_pos=self.abs_pos, pretrain_img_size=self.pretrain_img_size,
-                             in_chans=self.in_chans)
+                             in_chans=self.in_chans, scale_factors=self.scale_factors)
 
 
 def create_vitdet(preset: str, img_size: int, window_size: int = 14,
