@@ -54,6 +54,23 @@ def matmul_peak_tflops(dtype_name: str = "bf16", n: int = 2048, repeats: int = 5
     return 2 * n ** 3 / best / 1e12
 
 
+def seconds_per_step(step, warmup: int, steps: int, device) -> float:
+    """Wall seconds per call of ``step()`` over ``steps`` calls after ``warmup`` ones (the device
+    synchronised around the timed calls)."""
+    import torch
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) / steps
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
 
@@ -84,16 +101,7 @@ def worker(args: argparse.Namespace) -> None:
         engine.backward(loss)
         engine.step()
 
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - t0) / args.steps
+    seconds = seconds_per_step(step, args.warmup, args.steps, device)
     peak_tflops = device_peak_tflops(device, args.peak_tflops) or matmul_peak_tflops()
     images_per_s = args.micro_batch * world / seconds
     tflops = images_per_s * mae_train_flops(args.preset) / 1e12 / world

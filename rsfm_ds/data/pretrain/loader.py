@@ -16,9 +16,12 @@ Guarantees (docs/shards.md has the full statement):
 
 How (epoch_plan.py): shard order and per-rank ranges are planned from the manifest counts;
 DataLoader worker ``w`` makes batches ``j = w (mod K)``, which is the order the DataLoader returns them
-in; decoding uses OpenCV with reduced-size JPEG decoding (transforms.py), one thread per worker.
-Workers hand over augmented ``uint8`` pixels; ``PretrainBatch.images`` normalises them to float in
-one vectorised op where they are used, ``PretrainBatch.normalized(device)`` on the device.
+in; decoding uses OpenCV with reduced-size JPEG decoding (transforms.py), one OpenCV and one torch
+thread per worker (a worker per core already; more threads only contend). Workers hand over
+augmented ``uint8`` pixels; ``PretrainBatch.images`` normalises them to float in one vectorised op
+where they are used, ``PretrainBatch.normalized(device)`` on the device. With
+``data.decode_device: cuda`` the workers hand over the JPEG bytes and the drawn crops instead, and
+``normalized(device)`` decodes them there (device_decode.py).
 
 Own imagery (``rsfm shards images``, ``.npy`` samples ``[C, H, W]`` of any band count and type):
 the same crop and flip draws on the raw array (transforms.py), batches in the stored type (uint16
@@ -27,13 +30,11 @@ MillionAID samples keep the JPEG path above unchanged.
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,13 +45,15 @@ from .epoch_plan import EpochPlan, augment_seed, plan_exact_epoch, plan_resample
 from .manifest import (Manifest, ShardIntegrityError, load_manifest, local_path, shard_urls,
                        verify_shards)
 from ..processes import process_context, worker_initializer
+from .batch import PAD_KEY, LoaderStats, PretrainBatch
+from .device_decode import check_device_decoding, pack
 from .shard_reader import RawSample, SampleReader, SkipEvent
 from ..images import IMAGENET_MEAN, IMAGENET_STD
-from .transforms import CropFlip, batch_dtype, hwc_to_chw, normalize_batch
+from .transforms import CropFlip, batch_dtype, hwc_to_chw
+from ..jpeg import jpeg_size
 
 log = logging.getLogger(__name__)
 
-PAD_KEY = "__padding__"
 STATE_VERSION = 1
 _LOGGED_EVENTS = 20  # skip events logged one by one; the rest are counted
 
@@ -105,6 +108,11 @@ class PretrainDataConfig:
     worker_start: Literal["forkserver", "spawn", "fork"] = "forkserver"
     """How workers start: "forkserver" (default; safe in a process that runs threads, see
     rsfm_ds/data/processes.py), "spawn", or "fork" (only where the training process has no threads)."""
+    decode_device: Literal["cpu", "cuda"] = "cpu"
+    """Where MillionAID JPEGs are decoded: "cpu" (OpenCV in the workers, reduced-size decoding) or
+    "cuda" (nvJPEG through torchvision, batched, in the training process on its GPU; the workers only
+    read bytes and draw crops). "cuda" is for small presets whose GPU step outruns the CPU decoders;
+    it needs a GPU and JPEG shards (docs/shards.md, on-device decoding)."""
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -130,92 +138,6 @@ class PretrainDataConfig:
         check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         check(self.prefetch_factor >= 1, "prefetch_factor", f"must be >= 1, got {self.prefetch_factor}")
         check(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
-
-
-@dataclass
-class PretrainBatch:
-    """One batch of one rank."""
-
-    pixels: torch.Tensor
-    """``[B, C, S, S]`` augmented, not normalised: ``uint8`` RGB for MillionAID, the stored type
-    (:func:`~.transforms.batch_dtype`) for raster samples; ``B`` is the planned size minus skipped
-    samples."""
-    keys: List[str]
-    """Sample keys (``<shard>-<index>``; the shard's json record has the source path)."""
-    index: int
-    """Batch index within this rank's epoch."""
-    mean: Tuple[float, ...] = IMAGENET_MEAN
-    std: Tuple[float, ...] = IMAGENET_STD
-    skipped: Tuple[SkipEvent, ...] = ()
-    """Planned samples of this batch that could not be delivered."""
-    padded: bool = False
-    """True when every planned sample failed and ``pixels`` is one mean-grey placeholder."""
-    unit: float = 255.0
-    """``mean``/``std`` are in units of ``pixels / unit``: 255 for ImageNet's [0, 1] RGB statistics,
-    1 for raw per-band statistics."""
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    @cached_property
-    def images(self) -> torch.Tensor:
-        """``float32 [B, C, S, S]``, normalised with ``mean``/``std``; made on first access."""
-        return normalize_batch(self.pixels, self.mean, self.std, self.unit)
-
-    def normalized(self, device: Union[str, torch.device, None] = None,
-                   dtype: torch.dtype = torch.float32, non_blocking: bool = False) -> torch.Tensor:
-        """:attr:`images` on ``device`` in ``dtype``, normalised *there*: the stored pixels are
-        moved (4x fewer bytes than float for uint8) and the conversion runs on the device."""
-        pixels = self.pixels.to(device, non_blocking=non_blocking) if device is not None else self.pixels
-        return normalize_batch(pixels, self.mean, self.std, self.unit).to(dtype)
-
-    def pin_memory(self) -> "PretrainBatch":
-        """Called by the DataLoader's pinning thread when ``pin_memory`` is on."""
-        return dataclasses.replace(self, pixels=self.pixels.pin_memory())
-
-
-@dataclass
-class LoaderStats:
-    """What a loader delivered and what it had to skip, since it was built."""
-
-    batches: int = 0
-    samples: int = 0
-    padded_batches: int = 0
-    skipped: Dict[str, int] = field(default_factory=dict)
-    """Skipped samples per reason (see ``shard_reader.SKIP_REASONS``)."""
-    bad_shards: Dict[str, str] = field(default_factory=dict)
-    """URL -> first error, for shards that were truncated or unreadable."""
-    events: List[SkipEvent] = field(default_factory=list)
-    """The first skip events in full (at most 1000)."""
-
-    @property
-    def num_skipped(self) -> int:
-        return sum(self.skipped.values())
-
-    def add(self, batch: PretrainBatch) -> List[SkipEvent]:
-        """Count ``batch``; returns its skip events."""
-        self.batches += 1
-        self.samples += 0 if batch.padded else len(batch.keys)
-        self.padded_batches += int(batch.padded)
-        for e in batch.skipped:
-            self.skipped[e.reason] = self.skipped.get(e.reason, 0) + 1
-            if e.reason in ("truncated_shard", "unreadable_shard"):
-                self.bad_shards.setdefault(e.url, e.detail)
-            if len(self.events) < 1000:
-                self.events.append(e)
-        return list(batch.skipped)
-
-    def summary(self) -> str:
-        """One line, e.g. for the end-of-epoch log."""
-        text = f"{self.samples} samples in {self.batches} batches"
-        if self.skipped:
-            text += f"; skipped {self.num_skipped} (" + ", ".join(
-                f"{reason} {n}" for reason, n in sorted(self.skipped.items())) + ")"
-        if self.bad_shards:
-            text += f"; bad shards: {', '.join(sorted(self.bad_shards))}"
-        if self.padded_batches:
-            text += f"; {self.padded_batches} padded batches"
-        return text
 
 
 def _identity(x: Any) -> Any:
@@ -268,12 +190,17 @@ class _EpochDataset(IterableDataset):
         self.plan, self.urls, self.start_batch, self.fmt = plan, list(urls), start_batch, fmt
         self.crop = CropFlip(cfg.img_size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.hflip)
         self.mean, self.std = fmt.mean, fmt.std
+        self.on_device = cfg.decode_device != "cpu"
 
     def __iter__(self) -> Iterator[PretrainBatch]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if num_workers != self.plan.num_workers:
             raise RuntimeError(f"planned for {self.plan.num_workers} workers, running with {num_workers}")
+        if info is not None:
+            # One worker per core already: torch's own pool (conversions, copies) would only
+            # contend with the other workers (OpenCV is held to one thread by worker_initializer).
+            torch.set_num_threads(1)
         # The DataLoader asks worker v for its batches m = v, v + K, ... counted from start_batch,
         # i.e. for planned batches j = start_batch + m: worker v plays planned worker j % K.
         role = (worker + self.start_batch) % num_workers
@@ -288,12 +215,10 @@ class _EpochDataset(IterableDataset):
     def _make_batch(self, index: int, items: List[Any]) -> PretrainBatch:
         if self.fmt.member == "npy":
             return self._make_array_batch(index, items)
+        if self.on_device:
+            return self._make_encoded_batch(index, items)
         size = self.crop.size
-        pixels = torch.empty((len(items), 3, size, size), dtype=torch.uint8)
-        if get_worker_info() is not None:
-            # A worker's private tensor is copied into shared memory when it is sent to the
-            # training process; allocating it there saves that copy.
-            pixels.share_memory_()
+        pixels = _batch_tensor((len(items), 3, size, size), torch.uint8)
         batch = pixels.numpy()
         scratch = np.empty((size, size, 3), np.uint8)
         keys: List[str] = []
@@ -313,18 +238,52 @@ class _EpochDataset(IterableDataset):
             else:
                 skipped.append(SkipEvent("corrupt_jpeg", item.key, item.url, "OpenCV cannot decode it"))
         if not keys:
-            grey = torch.tensor([round(255 * m) for m in self.mean], dtype=torch.uint8).view(1, 3, 1, 1)
-            return PretrainBatch(grey.expand(1, 3, size, size).clone(), [PAD_KEY], index, self.mean,
-                                 self.std, tuple(skipped), True)
+            return self._grey_batch(index, skipped)
         return PretrainBatch(pixels[:len(keys)], keys, index, self.mean, self.std, tuple(skipped))
+
+    def _make_encoded_batch(self, index: int, items: List[Any]) -> PretrainBatch:
+        """A batch for on-device decoding: the streams whose header parses, with their crop and flip
+        drawn exactly as :meth:`_make_batch` draws them (same generator, same order)."""
+        p = self.plan
+        keys: List[str] = []
+        streams: List[bytes] = []
+        crops: List[Tuple[int, ...]] = []
+        skipped: List[SkipEvent] = []
+        for slot, item in enumerate(items):
+            if isinstance(item, SkipEvent):
+                skipped.append(item)
+                continue
+            if item.member != "jpg":
+                skipped.append(SkipEvent("bad_record", item.key, item.url, f"a .{item.member} sample in "
+                                                                            f"a MillionAID manifest"))
+                continue
+            try:
+                width, height = _declared_size(item) or jpeg_size(item.data)
+            except ValueError as e:
+                skipped.append(SkipEvent("corrupt_jpeg", item.key, item.url, str(e)))
+                continue
+            rng = np.random.default_rng(augment_seed(p.seed, p.epoch, p.rank, index, slot))
+            crop, flip = self.crop.draw(rng, width, height)
+            streams.append(item.data)
+            crops.append((crop.top, crop.left, crop.height, crop.width, int(flip), width, height))
+            keys.append(item.key)
+        if not keys:
+            return self._grey_batch(index, skipped)
+        return PretrainBatch(None, keys, index, self.mean, self.std, tuple(skipped),
+                             encoded=pack(streams, crops), size=self.crop.size)
+
+    def _grey_batch(self, index: int, skipped: List[SkipEvent]) -> PretrainBatch:
+        """The one-image placeholder of a batch whose samples all failed (module docstring)."""
+        size = self.crop.size
+        grey = torch.tensor([round(255 * m) for m in self.mean], dtype=torch.uint8).view(1, 3, 1, 1)
+        return PretrainBatch(grey.expand(1, 3, size, size).clone(), [PAD_KEY], index, self.mean,
+                             self.std, tuple(skipped), True)
 
     def _make_array_batch(self, index: int, items: List[Any]) -> PretrainBatch:
         """A batch of raster samples: ``[B, C, S, S]`` in :func:`~.transforms.batch_dtype`."""
         size, fmt, p = self.crop.size, self.fmt, self.plan
         dtype = batch_dtype(fmt.dtype)
-        pixels = torch.empty((len(items), fmt.bands, size, size), dtype=_TORCH_DTYPES[dtype.name])
-        if get_worker_info() is not None:
-            pixels.share_memory_()  # as in _make_batch: saves the copy into shared memory
+        pixels = _batch_tensor((len(items), fmt.bands, size, size), _TORCH_DTYPES[dtype.name])
         batch = pixels.numpy()
         keys: List[str] = []
         skipped: List[SkipEvent] = []
@@ -349,6 +308,24 @@ class _EpochDataset(IterableDataset):
             return PretrainBatch(fill.expand(1, fmt.bands, size, size).clone(), [PAD_KEY], index, self.mean,
                                  self.std, tuple(skipped), True, fmt.unit)
         return PretrainBatch(pixels[:len(keys)], keys, index, self.mean, self.std, tuple(skipped), unit=fmt.unit)
+
+
+def _batch_tensor(shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised batch tensor; in a DataLoader worker, allocated in shared memory.
+
+    A worker's private tensor is copied into shared memory when it is sent to the training process;
+    allocating it there saves that copy. ``share_memory_()`` on a fresh tensor still copies its
+    (untouched) pages into a new segment, which cost ~16 ms of CPU per 224 px batch of 64 here,
+    against ~9 ms for a segment allocated directly and filled once (the page faults of the fill).
+    """
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
+    if new_shared is None:  # not in every torch: the public, copying way
+        return torch.empty(shape, dtype=dtype).share_memory_()
+    storage = new_shared(numel * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 def _load_npy(item: RawSample, fmt: SampleFormat) -> Tuple[Optional[np.ndarray], str]:
@@ -385,6 +362,12 @@ class PretrainLoader:
         self.cfg, self.manifest, self.urls = cfg, manifest, list(urls)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.format = sample_format(cfg, manifest)
+        if cfg.decode_device != "cpu":
+            check(self.format.member == "jpg", "data.decode_device",
+                  f"{cfg.decode_device} decodes JPEG (MillionAID) shards only; {cfg.shards} holds .npy "
+                  f"raster samples, which need no decoding: use cpu")
+            problems = check_device_decoding(cfg.decode_device)
+            check(not problems, "data.decode_device", f"{cfg.decode_device} cannot run here: {'; '.join(problems)}")
         self.stats = LoaderStats()
         self._logged = 0
         self.set_epoch(epoch, start_batch)

@@ -78,6 +78,12 @@ class CropFlip:
     hflip: bool = True
     """Flip horizontally with probability 1/2."""
 
+    def draw(self, rng: np.random.Generator, width: int, height: int) -> Tuple[Crop, bool]:
+        """The crop box (pixels of a ``width x height`` image) and whether to flip, drawn from
+        ``rng`` in this order; every path (OpenCV, raster, on-device decoding) draws through here."""
+        crop = sample_resized_crop(rng, width, height, self.scale, self.ratio)
+        return crop, self.hflip and rng.random() < 0.5
+
     def apply_into(self, data: bytes, rng: np.random.Generator, out: np.ndarray,
                    image_size: Optional[Tuple[int, int]] = None) -> bool:
         """Decode ``data``, crop, resize and maybe flip it into ``out`` (``uint8 [S, S, 3]`` RGB).
@@ -96,8 +102,7 @@ class CropFlip:
             width, height = image_size or jpeg_size(data)
         except ValueError:
             return False
-        crop = sample_resized_crop(rng, width, height, self.scale, self.ratio)
-        flip = self.hflip and rng.random() < 0.5
+        crop, flip = self.draw(rng, width, height)
         reduce = reduction_for(crop.width, crop.height, self.size)
         image = decode_jpeg(data, reduce)
         if image is None:
@@ -127,8 +132,7 @@ class CropFlip:
         aliases). ``out``'s dtype must be :func:`batch_dtype` of ``pixels``'s.
         """
         _, height, width = pixels.shape
-        crop = sample_resized_crop(rng, width, height, self.scale, self.ratio)
-        flip = self.hflip and rng.random() < 0.5
+        crop, flip = self.draw(rng, width, height)
         region = pixels[:, crop.top:crop.top + crop.height, crop.left:crop.left + crop.width]
         if region.dtype != out.dtype:
             region = region.astype(out.dtype)
