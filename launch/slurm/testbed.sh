@@ -16,8 +16,20 @@
 #   bash launch/slurm/testbed.sh run [DIR] -- CMD..  start, run CMD with SLURM_CONF set, stop
 #                                                    (default DIR: a new temporary directory,
 #                                                    removed afterwards unless CMD failed)
-# or source it: testbed_install, testbed_start DIR (exports SLURM_CONF), testbed_stop DIR,
-# testbed_logs DIR (tails of the daemons' logs, for failure messages).
+#   bash launch/slurm/testbed.sh exec DIR -- CMD..   run a client command (sbatch, squeue, ...)
+#                                                    where the controller is reachable
+# or source it: testbed_install, testbed_start DIR [NODES] (exports SLURM_CONF), testbed_stop DIR,
+# testbed_logs DIR (tails of the daemons' logs, for failure messages), testbed_exec DIR CMD...
+#
+# Two nodes (`start DIR --nodes 2`, `run [DIR] --nodes 2 -- CMD`): two "hosts" given as network
+# namespaces in RSFM_HOSTS="name:netns:addr name:netns:addr" (tests/netns.py builds them and sets
+# it: `python tests/netns.py -- bash launch/slurm/testbed.sh run --nodes 2 -- CMD`). slurmctld
+# runs on the first host, one slurmd per host (NodeName = the host's name, NodeAddr = its
+# address, `slurmd -N name`), each in its namespace with the host's name as hostname, so a job
+# sees what it sees on a cluster: its own node's name, SLURM_JOB_NODELIST naming both, the
+# master address resolved through the host's own hosts file. One munged serves both: its socket
+# is a file, and network namespaces share the filesystem. Client commands (and `run`'s CMD) run
+# on the first host, where the controller's address exists.
 #
 # Needs root: slurmd starts job steps as the submitting user, and the daemons run as root here
 # (SlurmUser=root) so no system account or directory has to be prepared.
@@ -123,10 +135,69 @@ EOF
   : > "$dir/plugstack.conf"
 }
 
+# Two-node mode: RSFM_HOSTS as arrays TESTBED_NAMES, TESTBED_NETNS, TESTBED_ADDRS.
+_testbed_parse_hosts() {
+  local entry name ns addr
+  TESTBED_NAMES=() TESTBED_NETNS=() TESTBED_ADDRS=()
+  for entry in ${RSFM_HOSTS:-}; do
+    IFS=: read -r name ns addr <<<"$entry"
+    [ -n "$name" ] && [ -n "$ns" ] && [ -n "$addr" ] || return 1
+    TESTBED_NAMES+=("$name") TESTBED_NETNS+=("$ns") TESTBED_ADDRS+=("$addr")
+  done
+  [ ${#TESTBED_NAMES[@]} -ge 2 ]
+}
+
+# CMD on host I of the two-node mode: in its network namespace, with its name as hostname and
+# its hosts file (/etc/netns/NS/hosts) as /etc/hosts. Not `ip netns exec`, which does the same
+# but also mounts a fresh /sys without /sys/fs/cgroup, where slurmd's cgroup plugin looks.
+_testbed_on_host() {
+  local i=$1
+  shift
+  unshare --mount --uts --propagation private sh -c \
+    'ns=$1; { [ ! -f "/etc/netns/$ns/hosts" ] || mount --bind "/etc/netns/$ns/hosts" /etc/hosts; } &&
+     hostname "$2" && shift 2 && exec nsenter --net="/run/netns/$ns" "$@"' \
+    sh "${TESTBED_NETNS[$i]}" "${TESTBED_NAMES[$i]}" "$@"
+}
+
+# Writes DIR/slurm.conf for the two-node mode: the one-node file with the controller on the
+# first host's address and one node line per host; each slurmd keeps its pid, spool and log
+# apart through %n (its node name).
+_testbed_write_conf_nodes() {
+  local dir=$1 cpus mem i
+  _testbed_write_conf "$dir" || return 1
+  cpus=$(slurmd -C | sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' | head -n1)
+  mem=$(slurmd -C | sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' | head -n1)
+  sed -i -e "s|^SlurmctldHost=.*|SlurmctldHost=${TESTBED_NAMES[0]}(${TESTBED_ADDRS[0]})|" \
+         -e "s|^SlurmdPidFile=.*|SlurmdPidFile=$dir/run/slurmd-%n.pid|" \
+         -e "s|^SlurmdSpoolDir=.*|SlurmdSpoolDir=$dir/spool/%n|" \
+         -e "s|^SlurmdLogFile=.*|SlurmdLogFile=$dir/log/slurmd-%n.log|" \
+         -e "s|^# Written by launch/slurm/testbed.sh: a one-node cluster|# Written by launch/slurm/testbed.sh: a ${#TESTBED_NAMES[@]}-node cluster|" \
+         -e '/^NodeName=/d' -e '/^PartitionName=/d' "$dir/slurm.conf" || return 1
+  for i in "${!TESTBED_NAMES[@]}"; do
+    echo "NodeName=${TESTBED_NAMES[$i]} NodeAddr=${TESTBED_ADDRS[$i]} CPUs=$cpus RealMemory=$mem State=UNKNOWN"
+    mkdir -p "$dir/spool/${TESTBED_NAMES[$i]}"
+  done >> "$dir/slurm.conf"
+  local IFS=,
+  echo "PartitionName=debug Nodes=${TESTBED_NAMES[*]} Default=YES MaxTime=INFINITE State=UP" >> "$dir/slurm.conf"
+  # Where client commands must run (testbed_exec, testbed_stop): the controller's namespace.
+  echo "${TESTBED_NETNS[0]}" > "$dir/client.netns"
+}
+
+# CMD as a client of DIR's cluster: on the first host in the two-node mode, else here.
+testbed_exec() {
+  local dir=${1:?testbed_exec DIR CMD...}
+  shift
+  if [ -f "$dir/client.netns" ]; then
+    ip netns exec "$(cat "$dir/client.netns")" "$@"
+  else
+    "$@"
+  fi
+}
+
 # Prints the last lines of the daemons' logs (and of munged's), for failure messages.
 testbed_logs() {
   local dir=${1:-${TESTBED_DIR:?testbed_logs DIR}} f
-  for f in "$dir"/log/slurmctld.log "$dir"/log/slurmd.log "$dir"/log/munged.log; do
+  for f in "$dir"/log/slurmctld.log "$dir"/log/slurmd*.log "$dir"/log/munged.log; do
     [ -f "$f" ] || continue
     echo "==== tail $f"
     tail -n "${TESTBED_LOG_LINES:-40}" "$f"
@@ -142,7 +213,7 @@ _testbed_fail() {
 
 # Starts munged, slurmctld and slurmd for DIR and waits until the node takes jobs.
 testbed_start() {
-  local dir=${1:?testbed_start DIR}
+  local dir=${1:?testbed_start DIR} nodes=${2:-1}
   testbed_have_packages || { echo "testbed: SLURM/MUNGE missing: run testbed.sh install" >&2; return 1; }
   [ "$(id -u)" = 0 ] || { echo "testbed: needs root (slurmd and SlurmUser=root)" >&2; return 1; }
   mkdir -p "$dir" && dir=$(cd "$dir" && pwd) || return 1
@@ -153,7 +224,17 @@ testbed_start() {
   # munged refuses group- or world-writable directories on its paths, and wants its socket's
   # directory searchable by all (clients of any user connect to it); the key itself is 0600.
   mkdir -p "$dir"/{munge,state,spool,run,log} && chmod 755 "$dir"/munge || return 1
-  _testbed_write_conf "$dir" || _testbed_fail "$dir" "could not write $dir/slurm.conf" || return 1
+  rm -f "$dir/client.netns"
+  if [ "$nodes" = 1 ]; then
+    _testbed_write_conf "$dir" || _testbed_fail "$dir" "could not write $dir/slurm.conf" || return 1
+  else
+    _testbed_parse_hosts && [ ${#TESTBED_NAMES[@]} = "$nodes" ] || {
+      echo "testbed: $nodes nodes need RSFM_HOSTS=\"name:netns:addr ...\" naming $nodes hosts" \
+           "(python tests/netns.py -- ... sets it); got '${RSFM_HOSTS:-}'" >&2; return 1; }
+    command -v ip >/dev/null && command -v unshare >/dev/null || {
+      echo "testbed: $nodes nodes need iproute2's ip and util-linux's unshare" >&2; return 1; }
+    _testbed_write_conf_nodes "$dir" || _testbed_fail "$dir" "could not write $dir/slurm.conf" || return 1
+  fi
   export TESTBED_DIR=$dir SLURM_CONF=$dir/slurm.conf
 
   [ -f "$dir/munge/munge.key" ] || mungekey --create --keyfile="$dir/munge/munge.key" || return 1
@@ -167,18 +248,29 @@ testbed_start() {
   # environment, so testbed_stop can find any that outlive their pid files.
   # -c: start with an empty queue even if DIR holds an earlier cluster's state (its jobs' nodes
   # would otherwise look busy, and a test would find jobs it did not submit).
-  RSFM_TESTBED=$dir slurmctld -c -f "$SLURM_CONF" \
-    || _testbed_fail "$dir" "slurmctld did not start" || return 1
-  RSFM_TESTBED=$dir slurmd -f "$SLURM_CONF" \
-    || _testbed_fail "$dir" "slurmd did not start" || return 1
+  if [ "$nodes" = 1 ]; then
+    RSFM_TESTBED=$dir slurmctld -c -f "$SLURM_CONF" \
+      || _testbed_fail "$dir" "slurmctld did not start" || return 1
+    RSFM_TESTBED=$dir slurmd -f "$SLURM_CONF" \
+      || _testbed_fail "$dir" "slurmd did not start" || return 1
+  else
+    RSFM_TESTBED=$dir _testbed_on_host 0 slurmctld -c -f "$SLURM_CONF" \
+      || _testbed_fail "$dir" "slurmctld did not start on ${TESTBED_NAMES[0]}" || return 1
+    local i
+    for i in "${!TESTBED_NAMES[@]}"; do
+      RSFM_TESTBED=$dir _testbed_on_host "$i" slurmd -N "${TESTBED_NAMES[$i]}" -f "$SLURM_CONF" \
+        || _testbed_fail "$dir" "slurmd did not start on ${TESTBED_NAMES[$i]}" || return 1
+    done
+  fi
 
+  # Every node idle: sinfo prints one state per node (-N).
   local state=""
   for _ in $(seq 120); do
-    state=$(sinfo -h -o %t 2>/dev/null | head -n1)
-    [ "$state" = idle ] && break
+    state=$(testbed_exec "$dir" sinfo -h -N -o %t 2>/dev/null | sort -u | tr '\n' ' ')
+    [ "$state" = "idle " ] && break
     sleep 0.5
   done
-  [ "$state" = idle ] || _testbed_fail "$dir" "node not idle after 60 s (state '${state}')" || return 1
+  [ "$state" = "idle " ] || _testbed_fail "$dir" "nodes not idle after 60 s (states '${state}')" || return 1
   echo "testbed: SLURM up in $dir (SLURM_CONF=$SLURM_CONF)" >&2
 }
 
@@ -210,15 +302,15 @@ testbed_stop() {
   [ -n "$dir" ] && [ -d "$dir" ] || return 0
   dir=$(cd "$dir" && pwd)
   conf=$dir/slurm.conf
-  if [ -f "$dir/run/slurmctld.pid" ] && SLURM_CONF=$conf scontrol ping >/dev/null 2>&1; then
-    SLURM_CONF=$conf scancel --full --quiet --user="$(id -un)" 2>/dev/null
+  if [ -f "$dir/run/slurmctld.pid" ] && SLURM_CONF=$conf testbed_exec "$dir" scontrol ping >/dev/null 2>&1; then
+    SLURM_CONF=$conf testbed_exec "$dir" scancel --full --quiet --user="$(id -un)" 2>/dev/null
     for _ in $(seq 40); do
-      [ -z "$(SLURM_CONF=$conf squeue -h -o %i 2>/dev/null)" ] && break
+      [ -z "$(SLURM_CONF=$conf testbed_exec "$dir" squeue -h -o %i 2>/dev/null)" ] && break
       sleep 0.5
     done
   fi
   # munged last: the SLURM daemons authenticate through it while they shut down.
-  _testbed_kill_pidfiles "$dir" "$dir/run/slurmd.pid" "$dir/run/slurmctld.pid"
+  _testbed_kill_pidfiles "$dir" "$dir"/run/slurmd*.pid "$dir/run/slurmctld.pid"
   _testbed_kill_pidfiles "$dir" "$dir/run/munged.pid"
   # Stragglers: the daemons' forks (slurmscriptd) carry RSFM_TESTBED; slurmstepd and job processes
   # carry this SLURM_CONF (slurmd sets it for them) and, for the latter, a SLURM_JOB_ID. Asking
@@ -254,21 +346,30 @@ _testbed_main() {
   case "$verb" in
     install) testbed_install ;;
     start)
+      local dir=${1:?usage: testbed.sh start DIR [--nodes N]} nodes=1
+      shift
+      [ "${1:-}" = --nodes ] && nodes=${2:?--nodes N}
       testbed_install
-      testbed_start "${1:?usage: testbed.sh start DIR}"
+      testbed_start "$dir" "$nodes"
       echo "export SLURM_CONF=$SLURM_CONF" ;;
+    exec)
+      local dir=${1:?usage: testbed.sh exec DIR -- CMD [ARGS...]}
+      shift
+      [ "${1:-}" = "--" ] && shift
+      SLURM_CONF=$(cd "$dir" && pwd)/slurm.conf testbed_exec "$dir" "$@" ;;
     stop) testbed_stop "${1:?usage: testbed.sh stop DIR}" ;;
     logs) testbed_logs "${1:?usage: testbed.sh logs DIR}" ;;
     run)
-      local own_dir=0 rc=0
-      if [ "${1:-}" != "--" ] && [ -n "${1:-}" ]; then TESTBED_RUN_DIR=$1; shift
+      local own_dir=0 rc=0 nodes=1
+      if [ "${1:-}" != "--" ] && [ "${1:-}" != "--nodes" ] && [ -n "${1:-}" ]; then TESTBED_RUN_DIR=$1; shift
       else TESTBED_RUN_DIR=$(mktemp -d -t rsfm-slurm.XXXXXX); own_dir=1; fi
+      if [ "${1:-}" = "--nodes" ]; then nodes=${2:?--nodes N}; shift 2; fi
       [ "${1:-}" = "--" ] && shift
-      [ $# -gt 0 ] || { echo "usage: testbed.sh run [DIR] -- CMD [ARGS...]" >&2; exit 2; }
+      [ $# -gt 0 ] || { echo "usage: testbed.sh run [DIR] [--nodes N] -- CMD [ARGS...]" >&2; exit 2; }
       testbed_install
       trap 'testbed_stop "$TESTBED_RUN_DIR"' EXIT
-      testbed_start "$TESTBED_RUN_DIR"
-      "$@" || rc=$?
+      testbed_start "$TESTBED_RUN_DIR" "$nodes"
+      testbed_exec "$TESTBED_RUN_DIR" "$@" || rc=$?
       testbed_stop "$TESTBED_RUN_DIR"
       # A temporary directory of our own goes once CMD succeeded; after a failure its logs stay.
       if [ "$own_dir" = 1 ] && [ "$rc" = 0 ]; then
@@ -278,7 +379,8 @@ _testbed_main() {
       fi
       exit "$rc" ;;
     *)
-      echo "usage: testbed.sh install | start DIR | stop DIR | logs DIR | run [DIR] -- CMD [ARGS...]" >&2
+      echo "usage: testbed.sh install | start DIR [--nodes N] | stop DIR | logs DIR |" \
+           "exec DIR -- CMD [ARGS...] | run [DIR] [--nodes N] -- CMD [ARGS...]" >&2
       exit 2 ;;
   esac
 }

@@ -25,6 +25,7 @@ from ..config import dump_yaml, to_dict
 from ..errors import CheckpointError, RunError, few
 from .checkpointing import CheckpointManager, rank_rng_state, resharded_position, resharded_seed
 from .deepspeed_setup import device_for, init_distributed, load_ds_config, reconcile_ds_config, zero_stage
+from .launcher_guard import lost_peer
 from .metrics_log import TrainLogger
 from .state import TrainState, seed_all, set_rng_state
 
@@ -47,7 +48,9 @@ def collective_failure(error: BaseException, timeout_s: float) -> Optional[str]:
         return (f"{where}: a collective operation waited more than {timeout_s:g} s for the other ranks "
                 f"(train.collective_timeout_s): one of them stopped, hung or died")
     if any(sign in text for sign in _LOST_PEER_SIGNS):
-        return f"{where}: lost the connection to another rank (it died or was killed)"
+        # The peer's address in gloo's message, mapped back to its rank and host (launcher_guard.py).
+        lost = lost_peer(text, own_rank=dist.get_rank() if dist.is_initialized() else None)
+        return f"{where}: lost the connection to {lost or 'another rank'} (it died or was killed)"
     return None
 
 
