@@ -82,12 +82,16 @@ def test_slurm_study_task_runs_its_cell(tmp_path):
 def test_submit_study_chains_pretraining_the_array_and_collect(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    # rsfm logs its calls: 5 cells, of which 0, 2, 3, 4 unfinished, two presets to pretrain;
+    # rsfm logs its calls: 12 cells; debug_s and debug to pretrain, debug_l converted already;
+    # pending pretrained cells of debug_s (0,2), debug (5) and debug_l (8-9), scratch cells 3,10-11.
     # sbatch logs each call and answers job ids 100, 101, ...
     fake_tool(bin_dir, "rsfm", f'echo "$*" >> {tmp_path}/rsfm.calls\n'
-                               '[[ " $* " == *" --count "* ]] && echo 5\n'
-                               '[[ " $* " == *" --pending-pretrain "* ]] && echo "debug_s debug"\n'
-                               '[[ " $* " == *" --pending "* ]] && echo "0,2-4"\nexit 0\n')
+                               'case " $* " in\n'
+                               '  *" --count "*) echo 12;;\n'
+                               '  *" --pending-pretrain "*) echo "debug_s debug";;\n'
+                               '  *" --pending-arrays "*) echo "[rsfm] chatter 1"\n'
+                               '    printf "debug_s 0,2\\ndebug 5\\ndebug_l 8-9\\nscratch 3,10-11\\n";;\n'
+                               'esac\nexit 0\n')
     fake_tool(bin_dir, "sbatch", f'n=$(ls {tmp_path} | grep -c "^sbatch\\.")\n'
                                  f'printf "%s\\n" "$@" > {tmp_path}/sbatch.$n\n'
                                  'echo "$((100 + n));cluster"\n')
@@ -96,20 +100,33 @@ def test_submit_study_chains_pretraining_the_array_and_collect(tmp_path):
     out = subprocess.run(["bash", str(ROOT / "launch/slurm/submit_study.sh"), "configs/study/scaling.yaml",
                           "--partition=gpu", "--", "seed=1"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines()[-4:] == ["pretrain debug_s 100", "pretrain debug 101", "array 102", "collect 103"]
+    assert out.stdout.splitlines()[-7:] == ["pretrain debug_s 100", "pretrain debug 101", "array debug_s 102",
+                                            "array debug 103", "array debug_l 104", "array scratch 105",
+                                            "collect 106"], out.stdout
     calls = (tmp_path / "rsfm.calls").read_text().splitlines()
     assert calls == [f"study --config configs/study/scaling.yaml {verb} seed=1"
-                     for verb in ("--prepare", "--count", "--pending-pretrain", "--pending")]
+                     for verb in ("--prepare", "--count", "--pending-pretrain", "--pending-arrays")]
+    jobs = {n: (tmp_path / f"sbatch.{n}").read_text().splitlines() for n in range(7)}
     for n in (0, 1):
-        job = (tmp_path / f"sbatch.{n}").read_text().splitlines()
-        assert "--partition=gpu" in job and job[-2:] == [str(ROOT / "launch/slurm/study_pretrain.sbatch"), "seed=1"]
-        assert not any(a.startswith("--dependency") for a in job)
-    array = (tmp_path / "sbatch.2").read_text().splitlines()
-    assert array[0] == "--parsable" and "--partition=gpu" in array and "--array=0,2-4%2" in array
-    assert "--dependency=afterok:100:101" in array and "--kill-on-invalid-dep=yes" in array
-    assert array[-2:] == [str(ROOT / "launch/slurm/study.sbatch"), "seed=1"]
-    collect = (tmp_path / "sbatch.3").read_text().splitlines()
-    assert "--partition=gpu" in collect and "--dependency=afterany:102" in collect
+        assert "--partition=gpu" in jobs[n]
+        assert jobs[n][-2:] == [str(ROOT / "launch/slurm/study_pretrain.sbatch"), "seed=1"]
+        assert not any(a.startswith("--dependency") for a in jobs[n])
+
+    def deps(job):
+        return [a for a in job if a.startswith(("--dependency", "--kill-on-invalid-dep"))]
+
+    # Each preset's array waits for its own pretraining only; a converted preset's and the scratch
+    # array wait for nothing.
+    for n, cells, after in ((2, "0,2", ["--dependency=afterok:100", "--kill-on-invalid-dep=yes"]),
+                            (3, "5", ["--dependency=afterok:101", "--kill-on-invalid-dep=yes"]),
+                            (4, "8-9", []), (5, "3,10-11", [])):
+        job = jobs[n]
+        assert job[0] == "--parsable" and "--partition=gpu" in job and f"--array={cells}%2" in job, job
+        assert deps(job) == after, job
+        assert job[-2:] == [str(ROOT / "launch/slurm/study.sbatch"), "seed=1"]
+    collect = jobs[6]
+    assert "--partition=gpu" in collect
+    assert deps(collect) == ["--dependency=afterany:" + ":".join(str(i) for i in range(100, 106))], collect
     wrap = collect[collect.index("--wrap") + 1]
     assert wrap.endswith("study --config configs/study/scaling.yaml --collect seed=1"), wrap
 

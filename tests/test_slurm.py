@@ -6,9 +6,12 @@ skipped with the reason). Through ``sbatch`` the tests then run what
 a user runs on a cluster, with CPU ranks instead of GPUs (``--gpus-per-node=0``, two ranks on the
 one node): debug MAE pretraining that must finish and leave a complete checkpoint; the same job
 resubmitted with more steps, which must resume from that checkpoint; and a study chain
-(launch/slurm/submit_study.sh): a preset's pretraining job, the array of its two cells (pretrained
-and scratch) depending on it, the collect job after the array, and a resubmission that finds
-nothing left to run but the collect job. No slurmdbd: job states come from
+(launch/slurm/submit_study.sh) of two presets whose second pretraining fails: each preset's
+pretraining job, the array of each preset's pretrained cells depending on its own pretraining
+only, the scratch cells' array depending on nothing, the collect job after all of them; the
+failed preset's array must be cancelled while every other cell completes, and a resubmission
+must submit only the failed preset's pretraining, its cell (after it) and the collect job. No slurmdbd: job
+states come from
 ``scontrol show job`` (the testbed keeps finished jobs for an hour).
 
 Every failure names the job, and prints the tail of its log and of the daemons' logs.
@@ -209,11 +212,11 @@ def test_resubmitted_job_resumes_from_the_checkpoint(cluster, first_pretrain, mi
 
 
 STUDY = """\
-# A tiny study written by test_slurm: one preset pretrained on the test shards (3 steps), then
-# fine-tuned pretrained and from scratch on half the training crops (two cells).
+# A tiny study written by test_slurm: two presets pretrained on the test shards (one epoch), then
+# fine-tuned pretrained and from scratch on half the training crops (four cells).
 name: slurm-test
 out_dir: {out_dir}
-presets: [debug_s]
+presets: [debug_s, debug]
 train_fractions: [0.5]
 seeds: [0]
 pretrain:
@@ -247,7 +250,8 @@ datasets:
 
 
 def _submit_study(cluster: Cluster, config: Path, cwd: Path) -> Dict[str, str]:
-    """Runs submit_study.sh; its job lines as {"pretrain debug_s": id, "array": id, "collect": id}."""
+    """Runs submit_study.sh; its job lines as {"pretrain debug_s": id, "array debug_s": id, ...,
+    "collect": id}."""
     proc = cluster.run(["bash", ROOT / "launch/slurm/submit_study.sh", config, *CPU_JOB], cwd=cwd, timeout=300)
     assert proc.returncode == 0, f"submit_study.sh failed:\n{proc.stdout}\n{proc.stderr}\n{cluster.daemon_logs()}"
     ids = {}
@@ -258,42 +262,88 @@ def _submit_study(cluster: Cluster, config: Path, cwd: Path) -> Dict[str, str]:
     return ids
 
 
-def test_study_chain_pretrains_then_fine_tunes_then_collects(cluster, tmp_path, millionaid_shards):
+def _never_runs(cluster: Cluster, job_id: str) -> None:
+    """Wait until every task of ``job_id`` is cancelled for its failed dependency, none having run."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:
+        records = cluster.records(job_id)
+        if any(r.get("JobState") not in ("PENDING", "CANCELLED") for r in records):
+            raise AssertionError(cluster.explain(job_id, "ran although the pretraining it waits for failed"))
+        if records and all(r.get("JobState") == "CANCELLED" or r.get("Reason") == "DependencyNeverSatisfied"
+                           for r in records):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(cluster.explain(job_id, f"not cancelled after {JOB_TIMEOUT_S} s"))
+        time.sleep(1)
+
+
+def _dependency(cluster: Cluster, job_id: str) -> str:
+    return cluster.records(job_id)[0].get("Dependency", "")
+
+
+# Two pretrainings and three cells run one after another on the one node: allow for a busy machine.
+@pytest.mark.timeout(1800)
+def test_study_chain_a_failed_pretraining_cancels_only_its_own_cells(cluster, tmp_path, millionaid_shards):
     out_dir = tmp_path / "study"
     config = tmp_path / "study.yaml"
     config.write_text(STUDY.format(out_dir=out_dir, shards=millionaid_shards))
+    # debug's pretraining cannot create its run directory (a file stands in its way): it fails.
+    blocker = out_dir / "pretrain" / "debug"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a directory\n")
     # Run from tmp_path: the jobs' logs land there; the scripts find the repository via RSFM_ROOT.
     ids = _submit_study(cluster, config, tmp_path)
-    assert set(ids) == {"pretrain debug_s", "array", "collect"}, ids
-    pretrain_id, array_id = ids["pretrain debug_s"], ids["array"]
-    # The array waits for the pretraining job, the collect job for the array.
-    (array_record, *_), (collect_record,) = cluster.records(array_id), cluster.records(ids["collect"])
-    assert f"afterok:{pretrain_id}" in array_record.get("Dependency", "") or \
-        array_record.get("JobState") != "PENDING", array_record
-    assert f"afterany:{array_id}" in collect_record.get("Dependency", "") or \
-        collect_record.get("JobState") != "PENDING", collect_record
+    assert set(ids) == {"pretrain debug_s", "pretrain debug", "array debug_s", "array debug", "array scratch",
+                        "collect"}, ids
+    # A dependency shows only while it is unresolved: accept an empty one once the pretraining it
+    # names has completed. Each array names its own preset's pretraining and never the other's.
+    for preset, other in (("debug_s", "debug"), ("debug", "debug_s")):
+        dep = _dependency(cluster, ids[f"array {preset}"])
+        own = cluster.records(ids[f"pretrain {preset}"])[0].get("JobState")
+        assert f"afterok:{ids[f'pretrain {preset}']}" in dep or own == "COMPLETED", (preset, dep, own)
+        assert ids[f"pretrain {other}"] not in dep, (preset, dep)
+    assert _dependency(cluster, ids["array scratch"]) in ("", "(null)"), cluster.records(ids["array scratch"])
 
-    cluster.expect_completed(pretrain_id)
-    log = (tmp_path / f"slurm-rsfm-study-pretrain-debug_s-{pretrain_id}.out").read_text()
+    cluster.expect_completed(ids["pretrain debug_s"])
+    log = (tmp_path / f"slurm-rsfm-study-pretrain-debug_s-{ids['pretrain debug_s']}.out").read_text()
     assert "study pretraining of debug_s" in log and "world 2" in log, log[-3000:]
     backbone = out_dir / "pretrain/debug_s/backbone.safetensors"
     assert backbone.is_file() and (out_dir / "pretrain/debug_s/converted.json").is_file(), log[-3000:]
+    (failed,) = cluster.wait(ids["pretrain debug"])
+    assert failed["JobState"] == "FAILED", cluster.explain(ids["pretrain debug"], "should have failed")
+    _never_runs(cluster, ids["array debug"])
 
-    tasks = cluster.expect_completed(array_id)
-    assert sorted(r["ArrayTaskId"] for r in tasks) == ["0", "1"], tasks
-    for r in tasks:
-        context = f"SLURM job {r['JobId']} (array {array_id} task {r['ArrayTaskId']}), log {r['StdOut']}"
-        log = Path(r["StdOut"]).read_text()
-        assert f"study cell {r['ArrayTaskId']} of array job {array_id}" in log, context
-        assert "world 2" in log, context       # the cell ran in two ranks under the node's launcher
+    done = {}
+    for name in ("debug_s", "scratch"):
+        tasks = cluster.expect_completed(ids[f"array {name}"])
+        for r in tasks:
+            context = f"SLURM job {r['JobId']} (array {ids[f'array {name}']} task {r['ArrayTaskId']}), log {r['StdOut']}"
+            log = Path(r["StdOut"]).read_text()
+            assert f"study cell {r['ArrayTaskId']} of array job {ids[f'array {name}']}" in log, context
+            assert "world 2" in log, context       # the cell ran in two ranks under the node's launcher
+            done[r["ArrayTaskId"]] = name
+    # Cells in grid order: debug_s pretrained 0, scratch 1; debug pretrained 2, scratch 3.
+    assert done == {"0": "debug_s", "1": "scratch", "3": "scratch"}, done
     cluster.expect_completed(ids["collect"])
 
-    results = {init: json.loads((out_dir / f"cells/potsdam/debug_s/{init}/frac_0.5/seed_0/result.json").read_text())
-               for init in ("pretrained", "scratch")}
-    assert results["pretrained"]["backbone"] == str(backbone) and results["scratch"]["backbone"] is None
-    assert "2 of 2 cells complete" in (out_dir / "results.md").read_text()
+    def result(preset, init):
+        path = out_dir / f"cells/potsdam/{preset}/{init}/frac_0.5/seed_0/result.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
-    # Resubmitted with everything finished: no pretraining, no array, only a collect job.
+    assert result("debug_s", "pretrained")["backbone"] == str(backbone)
+    assert result("debug_s", "scratch")["backbone"] is None and result("debug", "scratch")["backbone"] is None
+    assert result("debug", "pretrained") is None
+    assert "3 of 4 cells complete" in (out_dir / "results.md").read_text()
+
+    # The cause removed and the study resubmitted: only debug's pretraining, its one cell (after
+    # that pretraining) and collect. Running them would repeat what ran above: cancel them.
+    blocker.unlink()
     again = _submit_study(cluster, config, tmp_path)
-    assert set(again) == {"array", "collect"} and again["array"] == "none", again
-    cluster.expect_completed(again["collect"])
+    try:
+        assert set(again) == {"pretrain debug", "array debug", "collect"}, again
+        tasks = cluster.records(again["array debug"])
+        assert [r.get("ArrayTaskId") for r in tasks] == ["2"], tasks
+        dep, own = _dependency(cluster, again["array debug"]), cluster.records(again["pretrain debug"])[0]
+        assert f"afterok:{again['pretrain debug']}" in dep or own.get("JobState") == "COMPLETED", (dep, own)
+    finally:
+        cluster.run(["scancel", *again.values()], cwd=tmp_path, timeout=30)

@@ -24,20 +24,37 @@ def add(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--count", action="store_true", help="print the number of cells")
     mode.add_argument("--list", action="store_true", help="list pretraining stages and cells with their status")
     mode.add_argument("--pending", action="store_true",
-                      help="print the unfinished cells' indices, comma-separated (an sbatch --array list)")
+                      help="print the unfinished cells' indices, comma-separated (an sbatch --array list); "
+                           "--preset and --init narrow it")
+    mode.add_argument("--pending-presets", action="store_true",
+                      help="print the presets with unfinished pretrained cells, space-separated (one SLURM array "
+                           "each, after that preset's own pretraining)")
+    mode.add_argument("--pending-arrays", action="store_true",
+                      help="print one line per SLURM array of unfinished cells: '<preset> <cells>' for each "
+                           "preset's pretrained cells, then 'scratch <cells>'")
     mode.add_argument("--pending-pretrain", action="store_true",
                       help="print the presets still to pretrain or convert, on one line, space-separated")
     mode.add_argument("--prepare", action="store_true", help="only prepare the data (and check every config)")
     mode.add_argument("--collect", action="store_true", help="only gather finished cells: CSV, table, plots")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="without a mode: run N stages at once, each with cores // N threads (default: the "
+                        "study's `jobs`, 1)")
+    p.add_argument("--preset", default=None, metavar="PRESET",
+                   help="with --pending: only the cells of PRESET (a cell's own preset, a variant's included)")
+    p.add_argument("--init", default=None, choices=("pretrained", "scratch"),
+                   help="with --pending: only the pretrained or only the scratch cells")
     p.add_argument("overrides", nargs="*", metavar="field=value", help="study config overrides")
     verb(p, run)
 
 
 def _preset(cfg, preset: str, flag: str) -> str:
+    from .. import study
     from ..config import ConfigError
 
-    if preset not in cfg.presets:
-        raise ConfigError(f"{flag} {preset}: the study {cfg.name!r} has presets {cfg.presets}")
+    # A variant's own preset (variants.<name>.preset) is pretrained like the grid's.
+    presets = study.study_presets(cfg)
+    if preset not in presets:
+        raise ConfigError(f"{flag} {preset}: the study {cfg.name!r} has presets {presets}")
     if cfg.pretrain is None:
         raise ConfigError(f"{flag} {preset}: the study {cfg.name!r} has no pretrain section")
     return preset
@@ -47,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     from .. import study
 
     cfg = study.load_study(args.config, args.overrides)
+    if (args.preset is not None or args.init is not None) and not args.pending:
+        from ..config import ConfigError
+
+        raise ConfigError("--preset/--init: they narrow --pending, and only it")
     if args.count:
         print(len(study.cells(cfg)))
     elif args.list:
@@ -56,7 +77,20 @@ def run(args: argparse.Namespace) -> int:
             status = "complete" if cell.result_path(cfg).is_file() else "pending"
             print(f"{cell.index}\t{cell.name}\t{status}")
     elif args.pending:
-        print(",".join(str(c.index) for c in study.pending_cells(cfg)))
+        if args.preset is not None and args.preset not in {c.preset for c in study.cells(cfg)}:
+            from ..config import ConfigError
+
+            raise ConfigError(f"--preset {args.preset}: no cell of the study {cfg.name!r} has this preset")
+        print(",".join(str(c.index) for c in study.pending_cells(cfg, preset=args.preset, init=args.init)))
+    elif args.pending_presets:
+        from ..study.runner import pending_pretrained_presets
+
+        print(" ".join(pending_pretrained_presets(cfg)))
+    elif args.pending_arrays:
+        from ..study.runner import pending_arrays
+
+        for name, indices in pending_arrays(cfg):
+            print(name, ",".join(map(str, indices)))
     elif args.pending_pretrain:
         print(" ".join(study.pending_pretrain(cfg)))
     elif args.prepare:
@@ -71,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.cell is not None:
         study.run_cell(cfg, args.cell)
     else:
-        failed = study.run_local(cfg, args.config, args.overrides)
+        failed = study.run_local(cfg, args.config, args.overrides, jobs=args.jobs)
         if failed:
             print(f"rsfm study: {len(failed)} cell(s) failed: {failed}", file=sys.stderr)
             return 1

@@ -79,7 +79,7 @@ def _dota(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="dataset folder to create (images/ and labelTxt/ go inside)")
     p.add_argument("--images", type=int, default=50, help="number of images (default 50)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--size", type=int, default=1024, help="image side in px (default 1024)")
+    p.add_argument("--size", type=int, default=1024, help="image side in px, >= 128 (default 1024)")
     p.add_argument("--first-id", type=int, default=0,
                    help="ids are P<first-id + i>: give a second split distinct ids (default 0)")
 

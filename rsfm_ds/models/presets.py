@@ -66,10 +66,20 @@ PRESETS: Dict[str, ViTPreset] = {p.name: p for p in [
     ViTPreset("debug_l", embed_dim=192, mlp_dim=768, num_heads=6, depth=4, num_branches=4,
               decoder=(64, 2, 4), global_attn_indexes=(1, 3),
               notes="largest of the CPU scaling family"),
+    # Plain counterparts of parallel presets for the ablation of parallel vs plain blocks (docs/study.md):
+    # k parallel branches of a layer hold the parameters of k plain layers (each branch has its own
+    # norms), so depth x k at one branch matches the count exactly; global blocks stay the last of
+    # each quarter of the depth.
+    ViTPreset("debug_plain", embed_dim=128, mlp_dim=512, num_heads=4, depth=8, num_branches=1,
+              decoder=(64, 2, 4), global_attn_indexes=(1, 3, 5, 7),
+              notes="plain counterpart of debug (8 x 1 vs 4 x 2, equal parameters)"),
     ViTPreset("vit_b12x1", embed_dim=768, mlp_dim=3072, num_heads=12, depth=12, num_branches=1,
               notes="ViT-B/16, the paper's 86M model"),
     ViTPreset("vit_l12x4", embed_dim=1024, mlp_dim=4096, num_heads=16, depth=12, num_branches=4,
               notes="605.26M, exact match with the paper"),
+    ViTPreset("vit_l48x1", embed_dim=1024, mlp_dim=4096, num_heads=16, depth=48, num_branches=1,
+              global_attn_indexes=(11, 23, 35, 47),
+              notes="plain counterpart of vit_l12x4 (48 x 1 vs 12 x 4, equal parameters)"),
     ViTPreset("vit_1b3", embed_dim=1536, mlp_dim=6144, num_heads=16, depth=12, num_branches=4,
               notes="reconstructed from the published 1.3B total"),
     ViTPreset("vit_2b4", embed_dim=2048, mlp_dim=8192, num_heads=16, depth=12, num_branches=4,

@@ -1,4 +1,4 @@
-"""The study config: datasets, presets, fractions, seeds, and the MAE pretraining stage."""
+"""The study config: datasets, presets, variants, fractions, seeds, and the MAE pretraining stage."""
 from __future__ import annotations
 
 import shlex
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Sequence
 
 from ..config import check, check_choices, load_config
+from ..errors import ConfigError
 from ..engine.tasks import TASKS, get_task
 
 
@@ -83,9 +84,49 @@ class StudyPretrain:
         _check_commands(self.prepare, "prepare")
 
 
+# Fields every cell sets itself (rsfm_ds/study/grid.py:cell_overrides): a variant changes the
+# architecture or the recipe, never which cell it is.
+CELL_KEYS = ("backbone.preset", "backbone.pretrained", "data.fraction", "data.fraction_seed", "seed", "run_dir",
+             "checkpoint.resume")
+
+
+@dataclass
+class StudyVariant:
+    """One variant of the ablation axis: a named set of fine-tuning overrides (and optionally
+    another backbone preset), crossed with every other axis of the grid."""
+
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    """``section.field: value`` overrides of this variant's cells, applied after the study's and
+    the dataset's (so they win); ``{out_dir}`` in a string value is replaced. Keys are fields of
+    the fine-tuning run config, e.g. ``backbone.global_attn_indexes: [0, 1, 2, 3]`` (all
+    global), ``backbone.scale_factors: [1.0]`` (single-scale head). Every cell's config is built
+    before anything runs, so an unknown key or a bad value fails at once, naming the variant."""
+    preset: Optional[str] = None
+    """Backbone preset of this variant's cells in place of the grid's (e.g. a plain preset beside
+    a parallel one of about the same size, `rsfm models`); it is pretrained like the grid's
+    presets. Needs a study with one preset (otherwise the grid's presets would collapse onto
+    it). Null keeps the grid's preset."""
+    datasets: List[str] = field(default_factory=list)
+    """Names of the datasets this variant runs on; empty: all of them. For a variant that only
+    some tasks support (a single-scale head suits UperNet but not Oriented R-CNN, whose RPN reads
+    five levels)."""
+
+    def __post_init__(self):
+        from ..models.presets import PRESETS
+
+        check(self.preset is None or self.preset in PRESETS, "preset",
+              f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
+        for key in self.overrides:
+            check(isinstance(key, str) and bool(key) and all(key.split(".")), "overrides",
+                  f"keys are section.field names, got {key!r}")
+            check(key not in CELL_KEYS, "overrides",
+                  f"{key} is set by each cell" + ("; give the variant a preset" if key == "backbone.preset" else ""))
+        check(len(set(self.datasets)) == len(self.datasets), "datasets", f"repeated: {self.datasets}")
+
+
 @dataclass
 class StudyConfig:
-    """A scaling study: datasets x presets x (pretrained, scratch) x train fractions x seeds."""
+    """A study: datasets x presets x variants x (pretrained, scratch) x train fractions x seeds."""
 
     name: str = "scaling"
     """Name of the study (titles of the table and plots)."""
@@ -115,8 +156,16 @@ class StudyConfig:
     seed (the spread then includes which images were kept)."""
     overrides: Dict[str, Any] = field(default_factory=dict)
     """``section.field: value`` overrides of every fine-tuning cell."""
+    variants: Dict[str, StudyVariant] = field(default_factory=dict)
+    """The ablation axis: variant name (letters, digits, _ and -) -> :class:`StudyVariant`
+    (``overrides``, ``preset``, ``datasets``), in the order given; each cell of the grid runs
+    once per variant. Empty: no variant axis (cell names and indices as without it)."""
     nproc: int = 1
     """Ranks per cell in a local run (``deepspeed --num_gpus nproc`` when above 1)."""
+    jobs: int = 1
+    """Stages a local run (``rsfm study`` without a mode) runs at once, each with
+    ``cores // (jobs * ranks)`` threads per rank; ``rsfm study --jobs N`` overrides it. On a few
+    cores, several single-thread cells of a small model finish sooner than one after another."""
 
     def __post_init__(self):
         from ..models.presets import PRESETS
@@ -136,10 +185,12 @@ class StudyConfig:
         check(bool(self.seeds), "seeds", "name at least one seed")
         check(len(set(self.seeds)) == len(self.seeds), "seeds", f"repeated: {self.seeds}")
         check(self.nproc >= 1, "nproc", f"must be >= 1, got {self.nproc}")
+        check(self.jobs >= 1, "jobs", f"must be >= 1, got {self.jobs}")
         check(not (self.pretrain and self.pretrained), "pretrained",
               "give either a pretrain stage or weights made elsewhere, not both")
         check(self.scratch or self.has_pretrained, "scratch",
               "must be true: the study has no pretrained cells (neither pretrain nor pretrained is set)")
+        self.variants = {name: _variant(name, value, names, len(self.presets)) for name, value in self.variants.items()}
 
     @property
     def has_pretrained(self) -> bool:
@@ -150,6 +201,28 @@ class StudyConfig:
     def inits(self) -> List[str]:
         """The cell initialisations of the grid, pretrained first."""
         return (["pretrained"] if self.has_pretrained else []) + (["scratch"] if self.scratch else [])
+
+
+def _variant(name: Any, value: Any, datasets: Sequence[str], presets: int) -> StudyVariant:
+    """``variants.<name>`` as a :class:`StudyVariant`, checked against the study's datasets and
+    presets (errors name ``variants.<name>.<field>``)."""
+    where = f"variants.{name}"
+    check(isinstance(name, str) and bool(name) and all(c.isalnum() or c in "_-" for c in name), "variants",
+          f"names must be letters, digits, _ or -, got {name!r}")
+    if isinstance(value, StudyVariant):
+        variant = value
+    else:
+        check(value is None or isinstance(value, dict), where,
+              f"expected a mapping (overrides, preset, datasets), got {value!r}")
+        try:
+            variant = load_config(StudyVariant, data=value or {})
+        except ConfigError as e:
+            raise ConfigError(f"{where}.{e}") from None
+    for d in variant.datasets:
+        check(d in datasets, f"{where}.datasets", f"unknown dataset {d!r}; the study has {list(datasets)}")
+    check(variant.preset is None or presets == 1, f"{where}.preset",
+          f"a variant's preset replaces the grid's: the study must have one preset, it has {presets}")
+    return variant
 
 
 def load_study(path: str, overrides: Sequence[str] = ()) -> StudyConfig:
@@ -174,4 +247,5 @@ def as_override(key: str, value: Any) -> str:
     return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
 
 
-__all__ = ["StudyDataset", "StudyPretrain", "StudyConfig", "load_study", "fill", "as_override"]
+__all__ = ["StudyDataset", "StudyPretrain", "StudyVariant", "StudyConfig", "CELL_KEYS", "load_study", "fill",
+           "as_override"]

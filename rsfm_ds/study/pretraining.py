@@ -33,8 +33,12 @@ CONVERTED = "converted.json"
 
 
 def pretrain_presets(cfg: StudyConfig) -> List[str]:
-    """The presets this study pretrains itself (all of them with a ``pretrain`` stage)."""
-    return list(cfg.presets) if cfg.pretrain is not None else []
+    """The presets this study pretrains itself (with a ``pretrain`` stage: the grid's presets,
+    then those that variants name, each once)."""
+    if cfg.pretrain is None:
+        return []
+    extra = [v.preset for v in cfg.variants.values() if v.preset is not None]
+    return list(dict.fromkeys([*cfg.presets, *extra]))
 
 
 def _base_config(cfg: StudyConfig, preset: str, extra: List[str]) -> PretrainConfig:

@@ -22,6 +22,10 @@ Rural, ``size`` px (release: 1024) at ~0.3 m, as ``<split>/<domain>/images_png/<
 release. Urban scenes are road grids with dense buildings, rural scenes field patchworks with
 forest, rivers and farmsteads. About one image in ten has a black no-data band at its border.
 
+The canvas, the textures and the ripples are the shared scene elements (:mod:`.elements`); the
+synthetic MillionAID generator calls :func:`render_potsdam_tile` and :func:`render_loveda_image`
+for its residential, urban and farmland scenes.
+
 Everything is deterministic in ``seed``; each tile / image has its own generator, so the content
 of one does not depend on how many are written.
 """
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -38,124 +42,14 @@ from ...errors import ConfigError
 from ..images import write_image
 from ..seg.loveda import LOVEDA_DOMAINS, LOVEDA_SPLITS
 from ..seg.potsdam import POTSDAM_PALETTE, TEST_TILES, TRAIN_TILES, tile_path
-
-Colour = Tuple[int, ...]
-
-
-class _Canvas:
-    """A class map ``uint8 [H, W]`` and a base colour ``uint8 [H, W, 4]`` (R, G, B, near-IR)."""
-
-    def __init__(self, height: int, width: int, cls: int, colour: Colour):
-        self.label = np.full((height, width), cls, np.uint8)
-        self.base = np.empty((height, width, 4), np.uint8)
-        self.base[:] = colour
-
-    @property
-    def shape(self) -> Tuple[int, int]:
-        return self.label.shape
-
-    def stamp(self, mask: np.ndarray, x0: int, y0: int, cls: Optional[int], colour: Colour,
-              allowed: Optional[Sequence[int]] = None) -> None:
-        """Paint where the local ``mask`` (placed at ``x0, y0``) is set and the class is ``allowed``.
-
-        ``cls=None`` changes the colour only (markings, ripples).
-        """
-        h, w = self.shape
-        mh, mw = mask.shape
-        ax0, ay0, ax1, ay1 = max(x0, 0), max(y0, 0), min(x0 + mw, w), min(y0 + mh, h)
-        if ax0 >= ax1 or ay0 >= ay1:
-            return
-        m = mask[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0] > 0
-        sub = self.label[ay0:ay1, ax0:ax1]
-        if allowed is not None:
-            m &= np.isin(sub, allowed)
-        if cls is not None:
-            sub[m] = cls
-        self.base[ay0:ay1, ax0:ax1][m] = colour
-
-    def poly(self, points: np.ndarray, cls: Optional[int], colour: Colour,
-             allowed: Optional[Sequence[int]] = None) -> None:
-        """Fill a polygon ``float [N, 2]`` of (x, y) image coordinates."""
-        x0, y0 = np.floor(points.min(0)).astype(int)
-        x1, y1 = np.ceil(points.max(0)).astype(int)
-        mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
-        cv2.fillPoly(mask, [np.round(points - (x0, y0)).astype(np.int32)], 1)
-        self.stamp(mask, x0, y0, cls, colour, allowed)
-
-    def rect(self, cx: float, cy: float, length: float, width: float, angle: float, cls: Optional[int],
-             colour: Colour, allowed: Optional[Sequence[int]] = None) -> None:
-        """Fill a rotated rectangle; ``angle`` in degrees, ``length`` along it."""
-        self.poly(cv2.boxPoints(((cx, cy), (length, width), angle)), cls, colour, allowed)
-
-    def ellipse(self, cx: float, cy: float, a: float, b: float, angle: float, cls: Optional[int],
-                colour: Colour, allowed: Optional[Sequence[int]] = None) -> np.ndarray:
-        """Fill an ellipse with half-axes ``a, b``; returns its local mask (placed at ``cx - r, cy - r``)."""
-        r = int(np.ceil(max(a, b))) + 1
-        mask = np.zeros((2 * r + 1, 2 * r + 1), np.uint8)
-        cv2.ellipse(mask, (r, r), (max(1, int(a)), max(1, int(b))), angle, 0, 360, 1, -1)
-        self.stamp(mask, int(cx) - r, int(cy) - r, cls, colour, allowed)
-        return mask
-
-    def strip(self, p0: Tuple[float, float], p1: Tuple[float, float], width: float, cls: Optional[int],
-              colour: Colour, allowed: Optional[Sequence[int]] = None) -> None:
-        """A straight band of ``width`` px from ``p0`` to ``p1`` (roads, rivers, markings)."""
-        (x0, y0), (x1, y1) = p0, p1
-        length = float(np.hypot(x1 - x0, y1 - y0))
-        angle = float(np.degrees(np.arctan2(y1 - y0, x1 - x0)))
-        self.rect((x0 + x1) / 2, (y0 + y1) / 2, length, width, angle, cls, colour, allowed)
-
-
-def _jitter(rng: np.random.Generator, colour: Colour, amount: int) -> Colour:
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
-
-
-def _field(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
-    """Smooth noise ``float32 [H, W]`` with features ~``cell`` px, roughly unit variance."""
-    gh, gw = max(2, int(height / cell) + 2), max(2, int(width / cell) + 2)
-    grid = rng.standard_normal((gh, gw)).astype(np.float32) * 1.6  # bicubic upsampling shrinks variance
-    return cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
-
-
-@dataclass(frozen=True)
-class _Texture:
-    """Per-class amplitudes (grey levels) of the smooth, blobby and grain noise fields."""
-
-    smooth: float
-    blobby: float
-    grain: float
-
-
-def _render(rng: np.random.Generator, canvas: _Canvas, textures: Dict[int, _Texture], px_per_m: float
-            ) -> np.ndarray:
-    """Base colour + per-class texture -> ``uint8 [H, W, 4]`` (R, G, B, near-IR)."""
-    h, w = canvas.shape
-    amps = np.zeros((3, 256), np.float32)
-    for cls, t in textures.items():
-        amps[:, cls] = (t.smooth, t.blobby, t.grain)
-    grain = cv2.resize(rng.standard_normal((h // 2 + 1, w // 2 + 1)).astype(np.float32), (w, h),
-                       interpolation=cv2.INTER_NEAREST)
-    tex = amps[0][canvas.label] * _field(rng, h, w, 5.0 * px_per_m)
-    tex += amps[1][canvas.label] * _field(rng, h, w, 1.0 * px_per_m)
-    tex += amps[2][canvas.label] * grain
-    out = np.empty((h, w, 4), np.uint8)
-    for c in range(4):
-        out[..., c] = np.clip(canvas.base[..., c] + tex, 0, 255)
-    return out
-
-
-def _ripples(canvas: _Canvas, mask: np.ndarray, x0: int, y0: int, period: int, colour: Colour, cls: int) -> None:
-    """Lighter wavy lines across the pixels of class ``cls`` in a water body's local ``mask``."""
-    yy, xx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
-    waves = ((yy + 0.3 * period * np.sin(xx / max(period, 1))) % period) < max(1, period // 4)
-    canvas.stamp(mask * waves, x0, y0, None, colour, allowed=(cls,))
-
+from .elements import Canvas, Colour, Texture, jitter, render_textured, ripples
 
 # ---------------------------------------------------------------------------------------------
 # Potsdam: 0 impervious, 1 building, 2 low vegetation, 3 tree, 4 car, 5 clutter; 5 cm pixels.
 _IMP, _BLD, _LOW, _TREE, _CAR, _CLU = range(6)
 _POTSDAM_PX_PER_M = 20.0
-_POTSDAM_TEXTURES = {_IMP: _Texture(6, 3, 5), _BLD: _Texture(5, 2, 4), _LOW: _Texture(14, 6, 9),
-                     _TREE: _Texture(10, 28, 10), _CAR: _Texture(2, 1, 4), _CLU: _Texture(8, 6, 8)}
+_POTSDAM_TEXTURES = {_IMP: Texture(6, 3, 5), _BLD: Texture(5, 2, 4), _LOW: Texture(14, 6, 9),
+                     _TREE: Texture(10, 28, 10), _CAR: Texture(2, 1, 4), _CLU: Texture(8, 6, 8)}
 _ROOFS: Tuple[Colour, ...] = ((175, 85, 65, 120), (135, 75, 55, 110), (200, 120, 90, 135), (110, 90, 120, 100))
 _CARS: Tuple[Colour, ...] = ((200, 30, 30, 90), (30, 60, 200, 70), (230, 230, 235, 160), (240, 200, 20, 150),
                              (40, 40, 45, 40), (20, 150, 170, 80))
@@ -164,7 +58,7 @@ _CARS: Tuple[Colour, ...] = ((200, 30, 30, 90), (30, 60, 200, 70), (230, 230, 23
 def render_potsdam_tile(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray]:
     """One synthetic Potsdam tile: ``(uint8 [S, S, 4] R, G, B, IR, uint8 [S, S] class indices 0..5)``."""
     m = _POTSDAM_PX_PER_M
-    canvas = _Canvas(size, size, _LOW, (150, 185, 100, 200))
+    canvas = Canvas(size, size, _LOW, (150, 185, 100, 200))
     area_m2 = (size / m) ** 2
     roads: List[Tuple[Tuple[float, float], Tuple[float, float], float]] = []
     for k in range(max(1, int(rng.poisson(size / m / 90.0)))):  # roads: full-length strips, 6-10 m
@@ -173,22 +67,22 @@ def render_potsdam_tile(rng: np.random.Generator, size: int) -> Tuple[np.ndarray
         horizontal = (k + int(rng.integers(2))) % 2 == 0
         bend = rng.uniform(-0.05, 0.05) * size
         p0, p1 = ((0.0, pos), (float(size), pos + bend)) if horizontal else ((pos, 0.0), (pos + bend, float(size)))
-        canvas.strip(p0, p1, width, _IMP, _jitter(rng, (150, 150, 148, 110), 10))
+        canvas.strip(p0, p1, width, _IMP, jitter(rng, (150, 150, 148, 110), 10))
         roads.append((p0, p1, width))
     for _ in range(int(rng.poisson(area_m2 / 1500.0))):  # paved yards and car parks
         canvas.rect(rng.uniform(0, size), rng.uniform(0, size), rng.uniform(6, 20) * m, rng.uniform(5, 15) * m,
                     float(rng.choice([0.0, 90.0])) + rng.uniform(-8, 8), _IMP,
-                    _jitter(rng, (160, 158, 150, 115), 8))
+                    jitter(rng, (160, 158, 150, 115), 8))
     for _ in range(max(1, int(rng.poisson(area_m2 / 900.0)))):  # buildings: gable roofs, not on roads
         cx, cy = rng.uniform(0, size, 2)
         length, width = rng.uniform(9, 25) * m, rng.uniform(7, 14) * m
         angle = float(rng.choice([0.0, 90.0])) + rng.uniform(-10, 10)
         roof = _ROOFS[int(rng.integers(len(_ROOFS)))]
-        canvas.rect(cx, cy, length, width, angle, _BLD, _jitter(rng, roof, 12), allowed=(_LOW, _TREE))
+        canvas.rect(cx, cy, length, width, angle, _BLD, jitter(rng, roof, 12), allowed=(_LOW, _TREE))
         # The half of the roof facing away from the sun is darker; the ridge line is darker still.
         d = np.radians(angle + 90.0)
         canvas.rect(cx + np.cos(d) * width / 4, cy + np.sin(d) * width / 4, length, width / 2, angle, None,
-                    _jitter(rng, tuple(int(c * 0.78) for c in roof), 5), allowed=(_BLD,))
+                    jitter(rng, tuple(int(c * 0.78) for c in roof), 5), allowed=(_BLD,))
         canvas.rect(cx, cy, length, max(2.0, 0.15 * m), angle, None, tuple(int(c * 0.55) for c in roof),
                     allowed=(_BLD,))
     for _ in range(max(1, int(rng.poisson(area_m2 / 700.0)))):  # tree clusters: overlapping crowns
@@ -197,17 +91,17 @@ def render_potsdam_tile(rng: np.random.Generator, size: int) -> Tuple[np.ndarray
             r = rng.uniform(2, 5) * m
             ox, oy = rng.normal(0, 4 * m, 2)
             canvas.ellipse(cx + ox, cy + oy, r, r * rng.uniform(0.8, 1.0), 0.0, _TREE,
-                           _jitter(rng, (50, 100, 45, 175), 10), allowed=(_LOW,))
+                           jitter(rng, (50, 100, 45, 175), 10), allowed=(_LOW,))
     for _ in range(max(1, int(rng.poisson(area_m2 / 4000.0)))):  # clutter: ponds (rippled) or bare soil
         cx, cy = rng.uniform(0, size, 2)
         a, b = rng.uniform(3, 10, 2) * m
         if rng.random() < 0.5:
-            mask = canvas.ellipse(cx, cy, a, b, rng.uniform(0, 180), _CLU, _jitter(rng, (45, 85, 150, 30), 10),
+            mask = canvas.ellipse(cx, cy, a, b, rng.uniform(0, 180), _CLU, jitter(rng, (45, 85, 150, 30), 10),
                                   allowed=(_LOW,))
             r = (mask.shape[0] - 1) // 2
-            _ripples(canvas, mask, int(cx) - r, int(cy) - r, int(0.8 * m), (70, 115, 175, 40), _CLU)
+            ripples(canvas, mask, int(cx) - r, int(cy) - r, int(0.8 * m), (70, 115, 175, 40), _CLU)
         else:
-            canvas.ellipse(cx, cy, a, b, rng.uniform(0, 180), _CLU, _jitter(rng, (150, 115, 80, 140), 12),
+            canvas.ellipse(cx, cy, a, b, rng.uniform(0, 180), _CLU, jitter(rng, (150, 115, 80, 140), 12),
                            allowed=(_LOW,))
     for p0, p1, width in roads:  # lane markings, then cars parked along both edges
         (x0, y0), (x1, y1) = p0, p1
@@ -223,11 +117,11 @@ def render_potsdam_tile(rng: np.random.Generator, size: int) -> Tuple[np.ndarray
                 off = side * (width / 2 - 1.4 * m)
                 cx, cy = x0 + ux * t - uy * off, y0 + uy * t + ux * off
                 colour = _CARS[int(rng.integers(len(_CARS)))]
-                canvas.rect(cx, cy, 4.5 * m, 1.9 * m, angle, _CAR, _jitter(rng, colour, 15), allowed=(_IMP,))
+                canvas.rect(cx, cy, 4.5 * m, 1.9 * m, angle, _CAR, jitter(rng, colour, 15), allowed=(_IMP,))
                 canvas.rect(cx + ux * 0.8 * m, cy + uy * 0.8 * m, 0.9 * m, 1.6 * m, angle, None,
                             (25, 30, 35, 30), allowed=(_CAR,))
                 t += rng.uniform(5.5, 30) * m
-    return _render(rng, canvas, _POTSDAM_TEXTURES, m), canvas.label
+    return render_textured(rng, canvas, _POTSDAM_TEXTURES, m), canvas.label
 
 
 def erode_boundaries(label: np.ndarray, radius: int = 3, ignore: int = 255) -> np.ndarray:
@@ -304,18 +198,18 @@ def synth_potsdam(out: Union[str, Path], tiles: int = 4, seed: int = 0, size: in
 # LoveDA raw mask values: 0 no-data, 1 background, 2 building, 3 road, 4 water, 5 barren,
 # 6 forest, 7 agriculture; ~0.3 m pixels.
 _ND, _BG, _LB, _RD, _WT, _BR, _FO, _AG = range(8)
-_LOVEDA_PX_PER_M = 1 / 0.3
-_LOVEDA_TEXTURES = {_BG: _Texture(10, 5, 7), _LB: _Texture(4, 2, 4), _RD: _Texture(3, 1, 3), _WT: _Texture(6, 3, 3),
-                    _BR: _Texture(10, 4, 14), _FO: _Texture(8, 24, 9), _AG: _Texture(8, 3, 6)}
+LOVEDA_PX_PER_M = 1 / 0.3
+LOVEDA_TEXTURES = {_BG: Texture(10, 5, 7), _LB: Texture(4, 2, 4), _RD: Texture(3, 1, 3), _WT: Texture(6, 3, 3),
+                    _BR: Texture(10, 4, 14), _FO: Texture(8, 24, 9), _AG: Texture(8, 3, 6)}
 _LOVEDA_ROOFS: Tuple[Colour, ...] = ((205, 205, 210, 0), (70, 110, 175, 0), (170, 80, 70, 0), (215, 190, 150, 0))
 _FIELDS: Tuple[Colour, ...] = ((120, 165, 80, 0), (175, 175, 95, 0), (95, 140, 70, 0), (150, 160, 110, 0))
 
 
 def render_loveda_image(rng: np.random.Generator, size: int, domain: str) -> Tuple[np.ndarray, np.ndarray]:
     """One synthetic LoveDA scene: ``(uint8 [S, S, 3] RGB, uint8 [S, S] raw mask 0..7)``."""
-    m = _LOVEDA_PX_PER_M * size / 1024  # a smaller image shows the same scene at a coarser sampling
+    m = LOVEDA_PX_PER_M * size / 1024  # a smaller image shows the same scene at a coarser sampling
     urban = domain == "Urban"
-    canvas = _Canvas(size, size, _BG, (135, 135, 120, 0) if urban else (145, 140, 110, 0))
+    canvas = Canvas(size, size, _BG, (135, 135, 120, 0) if urban else (145, 140, 110, 0))
     if not urban:  # field patchwork with furrows
         step = rng.uniform(40, 90) * m
         for gy in np.arange(-step / 2, size, step):
@@ -324,7 +218,7 @@ def render_loveda_image(rng: np.random.Generator, size: int, domain: str) -> Tup
                     continue
                 w, h = step * rng.uniform(0.8, 0.95, 2)
                 angle = rng.uniform(-8, 8)
-                colour = _jitter(rng, _FIELDS[int(rng.integers(len(_FIELDS)))], 12)
+                colour = jitter(rng, _FIELDS[int(rng.integers(len(_FIELDS)))], 12)
                 cx, cy = gx + step / 2, gy + step / 2
                 canvas.rect(cx, cy, w, h, angle, _AG, colour)
                 dark = tuple(int(c * 0.85) for c in colour)
@@ -338,21 +232,21 @@ def render_loveda_image(rng: np.random.Generator, size: int, domain: str) -> Tup
             r = rng.uniform(6, 18) * m
             ox, oy = rng.normal(0, 15 * m, 2)
             canvas.ellipse(cx + ox, cy + oy, r, r * rng.uniform(0.7, 1.0), rng.uniform(0, 180), _FO,
-                           _jitter(rng, (45, 85, 50, 0), 8))
+                           jitter(rng, (45, 85, 50, 0), 8))
     if rng.random() < (0.3 if urban else 0.6):  # water: a river band or a lake, with ripples
         if rng.random() < 0.5:
             y0, y1 = rng.uniform(0, size, 2)
-            canvas.strip((0.0, y0), (float(size), y1), rng.uniform(15, 40) * m, _WT, _jitter(rng, (40, 70, 100, 0), 8))
+            canvas.strip((0.0, y0), (float(size), y1), rng.uniform(15, 40) * m, _WT, jitter(rng, (40, 70, 100, 0), 8))
         else:
             cx, cy = rng.uniform(0, size, 2)
             mask = canvas.ellipse(cx, cy, rng.uniform(20, 60) * m, rng.uniform(15, 40) * m, rng.uniform(0, 180), _WT,
-                                  _jitter(rng, (40, 70, 100, 0), 8))
+                                  jitter(rng, (40, 70, 100, 0), 8))
             r = (mask.shape[0] - 1) // 2
-            _ripples(canvas, mask, int(cx) - r, int(cy) - r, max(2, int(3 * m)), (60, 95, 125, 0), _WT)
+            ripples(canvas, mask, int(cx) - r, int(cy) - r, max(2, int(3 * m)), (60, 95, 125, 0), _WT)
     for _ in range(int(rng.poisson(1.0))):  # barren: sandy patches
         cx, cy = rng.uniform(0, size, 2)
         canvas.ellipse(cx, cy, rng.uniform(15, 50) * m, rng.uniform(10, 35) * m, rng.uniform(0, 180), _BR,
-                       _jitter(rng, (185, 165, 130, 0), 10), allowed=(_BG, _AG))
+                       jitter(rng, (185, 165, 130, 0), 10), allowed=(_BG, _AG))
     # Roads: a grid in towns, a few country roads otherwise.
     n_roads = int(rng.integers(2, 5)) if urban else int(rng.integers(1, 3))
     for k in range(n_roads):
@@ -360,7 +254,7 @@ def render_loveda_image(rng: np.random.Generator, size: int, domain: str) -> Tup
         width = rng.uniform(8, 16) * m if urban else rng.uniform(5, 9) * m
         bend = rng.uniform(-0.03, 0.03) * size
         p0, p1 = ((0.0, pos), (float(size), pos + bend)) if k % 2 == 0 else ((pos, 0.0), (pos + bend, float(size)))
-        canvas.strip(p0, p1, width, _RD, _jitter(rng, (95, 95, 100, 0) if urban else (120, 115, 105, 0), 6))
+        canvas.strip(p0, p1, width, _RD, jitter(rng, (95, 95, 100, 0) if urban else (120, 115, 105, 0), 6))
     for _ in range(int(rng.poisson(60 if urban else 8))):  # buildings, not on roads or water
         cx, cy = rng.uniform(0, size, 2)
         if not urban and rng.random() < 0.7:
@@ -368,14 +262,14 @@ def render_loveda_image(rng: np.random.Generator, size: int, domain: str) -> Tup
         length, width = rng.uniform(10, 40) * m, rng.uniform(8, 20) * m
         angle = float(rng.choice([0.0, 90.0])) + rng.uniform(-6, 6)
         roof = _LOVEDA_ROOFS[int(rng.integers(len(_LOVEDA_ROOFS)))]
-        canvas.rect(cx, cy, length, width, angle, _LB, _jitter(rng, roof, 10), allowed=(_BG, _AG, _BR, _FO))
+        canvas.rect(cx, cy, length, width, angle, _LB, jitter(rng, roof, 10), allowed=(_BG, _AG, _BR, _FO))
     if rng.random() < 0.1:  # no-data band at a border, black in the image
         band = int(rng.uniform(0.05, 0.25) * size)
         sl = [(slice(None), slice(0, band)), (slice(None), slice(size - band, None)),
               (slice(0, band), slice(None)), (slice(size - band, None), slice(None))][int(rng.integers(4))]
         canvas.label[sl] = _ND
         canvas.base[sl] = 0
-    rgbi = _render(rng, canvas, _LOVEDA_TEXTURES, m)
+    rgbi = render_textured(rng, canvas, LOVEDA_TEXTURES, m)
     return rgbi[..., :3], canvas.label
 
 

@@ -36,8 +36,9 @@ class SegmentationModel(nn.Module):
         """The model of a fine-tuning run: its ViTDet backbone, then UperNet on its pyramid, in that
         order (initialisation draws in module order)."""
         vitdet = backbone.build()
+        # UperNet reads every level the pyramid builds (p2..p5, or p4 alone when single-scale).
         return cls(vitdet, UperNet(num_classes, in_channels=backbone.out_channels, cfg=head,
-                                   ignore_index=ignore_index))
+                                   ignore_index=ignore_index, in_keys=tuple(vitdet.out_strides)))
 
     def init_module(self, m: nn.Module) -> None:
         """Per-module initialisation for ZeRO-3 builds: backbone rules inside the backbone; the
