@@ -146,11 +146,12 @@ def preset_table(img_size: int = 224, mask_ratio: float = 0.75) -> list[dict]:
 
 
 def format_preset_table(rows: list[dict]) -> str:
-    header = (f"{'preset':<10} {'width':>6} {'MLP':>6} {'heads':>5} {'layers x br':>11} "
+    w = max([len("preset")] + [len(r["preset"]) for r in rows])  # the longest name sets the column
+    header = (f"{'preset':<{w}} {'width':>6} {'MLP':>6} {'heads':>5} {'layers x br':>11} "
               f"{'params (M)':>11} {'GFLOPs':>8} {'MAE enc GFLOPs':>15}")
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['preset']:<10} {r['width']:>6} {r['mlp']:>6} {r['heads']:>5} "
+        lines.append(f"{r['preset']:<{w}} {r['width']:>6} {r['mlp']:>6} {r['heads']:>5} "
                      f"{r['layers_x_branches']:>11} {r['params_m']:>11.2f} {r['gflops']:>8.2f} "
                      f"{r['mae_gflops']:>15.2f}")
     return "\n".join(lines)
