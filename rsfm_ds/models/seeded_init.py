@@ -21,6 +21,7 @@ from the tensor, because a parameter built under ``zero.Init`` holds an empty sh
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import math
 from dataclasses import dataclass
@@ -162,7 +163,7 @@ def _draw_seed() -> int:
     return int(torch.randint(0, 2 ** 62, (), dtype=torch.int64, device="cpu").item())
 
 
-class SeededInit:
+class SeededInit(abc.ABC):
     """Mixin for models that describe their initialisation with :meth:`init_rules`.
 
     ``init_rules(m)`` returns ``{local parameter name: rule}`` for the parameters ``m`` owns
@@ -170,8 +171,9 @@ class SeededInit:
     partition initialiser refuses a parameter without one).
     """
 
+    @abc.abstractmethod
     def init_rules(self, m: nn.Module) -> Dict[str, Rule]:
-        raise NotImplementedError
+        """The rules of the parameters ``m`` owns directly (every model class gives its own)."""
 
     def init_weights(self, seed: int | None = None) -> None:
         """Initialise every parameter from ``seed`` (default: drawn from torch's global
