@@ -55,5 +55,5 @@ setup(
         # shapely is the exact-geometry oracle the rotated-op tests compare against.
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "shapely>=2.0"],
     },
-    entry_points={"console_scripts": ["rsfm = rsfm_ds.cli:main"]},
+    entry_points={"console_scripts": ["rsfm = rsfm_ds.cli.entry:run"]},
 )

@@ -20,10 +20,16 @@ cd "$(dirname "$0")/.."
 CONFIG=${CONFIG:-configs/pretrain/debug.yaml}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
-if [ -z "${NPROC_PER_NODE:-}" ]; then
-  NPROC_PER_NODE=$(python -c 'import torch; print(torch.cuda.device_count() or 2)')
+# GPUs torch can use on this node; 0 without NVIDIA device nodes (importing torch to learn that
+# costs seconds at every start).
+gpus=0
+if compgen -G "/dev/nvidia[0-9]*" >/dev/null; then
+  gpus=$(python -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')
 fi
-if ! python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+if [ -z "${NPROC_PER_NODE:-}" ]; then
+  NPROC_PER_NODE=$(( gpus > 0 ? gpus : 2 ))
+fi
+if [ "$gpus" = 0 ]; then
   # CPU ranks: split the cores between the processes instead of oversubscribing them.
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / NPROC_PER_NODE > 0 ? $(nproc) / NPROC_PER_NODE : 1 ))}
 fi

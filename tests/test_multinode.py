@@ -11,7 +11,9 @@ equal to the last bit. What runs:
 2. at once: 1 host x 2 ranks resuming from the 2-host checkpoint; 2 hosts resuming from the
    1-host checkpoint; and a 2-node SLURM job (``sbatch --nodes=2`` of launch/slurm/pretrain.sbatch
    on launch/slurm/testbed.sh's two-node cluster) resubmitted on the killed 2-host run, which it
-   must resume with ``--resume auto``.
+   must resume with ``--resume auto``; the 2-host resume trains on past step 4, then its rank on
+   host B is stopped (SIGSTOP, hung): host A's job must end after the collective timeout naming
+   that rank and host, and host B's once the rank is woken.
 
 Every process is asserted gone afterwards (the namespaces' process lists, and a marker in the
 environment of the one-host jobs), and the bed is asserted removed.
@@ -274,11 +276,13 @@ def resumed_jobs(first_jobs, hosts, millionaid_shards):
     # Without any checkpoint the kill may have let through after step 2: the resume is from 2.
     shutil.copytree(killed, slurm_run, ignore=lambda d, names: [n for n in names if n.startswith("step_")
                                                                   and n > "step_00000002"])
+    # The 2-host resume trains on past step 4; then its rank on host B hangs (SIGSTOP).
+    from_one = work / "from_one"
+    a, b = two_hosts(hosts, from_one, millionaid_shards, "train.max_steps=1000", "train.epochs=1000", port=29501,
+                     RESUME=str(reference / "checkpoints/step_00000002"))
     procs = [one_host(work / "from_two", millionaid_shards, "train.max_steps=4", **{MARK: mark},
-                      RESUME=str(killed / "checkpoints/step_00000002")),
-             *two_hosts(hosts, work / "from_one", millionaid_shards, "train.max_steps=4", port=29501,
-                        RESUME=str(reference / "checkpoints/step_00000002"))]
-    cluster, state, job = work / "cluster", "", None
+                      RESUME=str(killed / "checkpoints/step_00000002")), a, b]
+    cluster, state, job, stopped, hung = work / "cluster", "", None, None, {}
     try:
         missing = _slurm_missing()
         if not missing:
@@ -287,11 +291,24 @@ def resumed_jobs(first_jobs, hosts, millionaid_shards):
                                   capture_output=True, text=True, timeout=180)
             assert proc.returncode == 0, f"the two-node testbed did not start:\n{proc.stdout}\n{proc.stderr}"
             job = SlurmJob(cluster, env, slurm_run, millionaid_shards, "train.max_steps=4")
-        for proc, log in zip(procs, [f"{work}/from_two.log", f"{work}/from_one.hosta.log", f"{work}/from_one.hostb.log"]):
-            _wait_ok(proc, log)
+        assert wait_for(lambda: 4 in losses(from_one) or a.poll() is not None or b.poll() is not None, 400), \
+            _tail(f"{from_one}.hosta.log")
+        assert a.poll() is None and b.poll() is None, _tail(f"{from_one}.hosta.log") + _tail(f"{from_one}.hostb.log")
+        stopped = _rank_on(hosts[1])
+        os.kill(stopped, signal.SIGSTOP)  # hung: alive, holding its sockets, never answering
+        stopped_at = time.monotonic()
+        a.wait(timeout=COLLECTIVE_TIMEOUT_S + GRACE_S + 60)
+        hung["ended_a"] = time.monotonic() - stopped_at
+        # Woken, the rank finds its peer gone at its next collective and leaves.
+        os.kill(stopped, signal.SIGCONT)
+        b.wait(timeout=GRACE_S + 60)
+        hung["codes"] = (a.returncode, b.returncode)
+        _wait_ok(procs[0], f"{work}/from_two.log")
         if job is not None:
             state = job.wait()
     finally:
+        if stopped is not None and netns.alive(stopped):
+            os.kill(stopped, signal.SIGCONT)
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
@@ -300,7 +317,7 @@ def resumed_jobs(first_jobs, hosts, millionaid_shards):
             subprocess.run(["bash", str(TESTBED), "stop", str(cluster)], capture_output=True, timeout=120)
     print(f"[multinode] phase 2 (elastic resumes + SLURM resubmission): {time.monotonic() - started:.1f} s")
     return dict(work=work, mark=mark, slurm_run=slurm_run, slurm_state=state, slurm_job=job, slurm_missing=missing,
-                slurm_left=_processes_naming(cluster))
+                slurm_left=_processes_naming(cluster), hung=hung)
 
 
 def _processes_naming(directory: Path) -> Dict[int, str]:
@@ -321,12 +338,25 @@ def test_elastic_resume_two_hosts_to_one_and_back_reproduces_the_losses(first_jo
     work = resumed_jobs["work"]
     for name in ("from_two", "from_one"):
         resumed = losses(work / name)
-        assert sorted(resumed) == [3, 4], (name, resumed)
+        # from_one trains on past step 4 until its rank on host B hangs (the test below).
+        assert sorted(resumed)[:2] == [3, 4] and (name == "from_one" or len(resumed) == 2), (name, resumed)
         for step in (3, 4):
             assert resumed[step] == reference[step], (name, step, resumed[step], reference[step])
         assert "step_00000002 (step 2)" in (work / name / "train.log").read_text(), name
     assert job_processes(resumed_jobs["mark"]) == {}
     assert not any(h.pids() for h in hosts), [h.pids() for h in hosts]
+
+
+def test_a_hung_rank_on_host_b_is_named_and_the_job_ends_on_both_hosts(resumed_jobs, hosts):
+    hung = resumed_jobs["hung"]
+    assert all(code != 0 for code in hung["codes"]), hung["codes"]
+    # The timeout, three heartbeats to tell which rank stopped, and the launcher's teardown.
+    assert hung["ended_a"] < COLLECTIVE_TIMEOUT_S + GRACE_S, hung["ended_a"]
+    text = Path(f"{resumed_jobs['work']}/from_one.hosta.log").read_text()
+    assert (f"rank 0 on hosta: a collective operation waited more than {COLLECTIVE_TIMEOUT_S} s for the other "
+            "ranks (train.collective_timeout_s): rank 1 on hostb stopped answering") in text, text[-4000:]
+    assert not any(h.pids() for h in hosts), [h.pids() for h in hosts]
+    print(f"[multinode] host A's job ended {hung['ended_a']:.1f} s after its rank on host B hung")
 
 
 def test_slurm_two_node_resubmission_resumes_the_killed_run(first_jobs, resumed_jobs):

@@ -1,6 +1,4 @@
 """``python -m rsfm_ds.cli`` (what ``deepspeed --module rsfm_ds.cli`` runs in every rank)."""
-import sys
+from .entry import run
 
-from . import main
-
-sys.exit(main())
+run()

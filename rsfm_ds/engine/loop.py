@@ -26,6 +26,7 @@ from ..errors import CheckpointError, RunError, few
 from .checkpointing import CheckpointManager, rank_rng_state, resharded_position, resharded_seed
 from .deepspeed_setup import device_for, init_distributed, load_ds_config, reconcile_ds_config, zero_stage
 from .launcher_guard import lost_peer
+from .liveness import stalled_ranks, start_heartbeat, stop_heartbeat
 from .metrics_log import TrainLogger
 from .state import TrainState, seed_all, set_rng_state
 
@@ -45,8 +46,11 @@ def collective_failure(error: BaseException, timeout_s: float) -> Optional[str]:
     text = str(error)
     where = f"rank {dist.get_rank() if dist.is_initialized() else '?'} on {socket.gethostname()}"
     if any(sign in text for sign in _TIMEOUT_SIGNS):
+        # Heartbeats in the rendezvous store tell which rank stopped answering (liveness.py).
+        hung = stalled_ranks(dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else None
+        who = f"{hung} stopped answering" if hung else "one of them stopped, hung or died"
         return (f"{where}: a collective operation waited more than {timeout_s:g} s for the other ranks "
-                f"(train.collective_timeout_s): one of them stopped, hung or died")
+                f"(train.collective_timeout_s): {who}")
     if any(sign in text for sign in _LOST_PEER_SIGNS):
         # The peer's address in gloo's message, mapped back to its rank and host (launcher_guard.py).
         lost = lost_peer(text, own_rank=dist.get_rank() if dist.is_initialized() else None)
@@ -60,12 +64,17 @@ def reports_lost_ranks(run_fn):
     @functools.wraps(run_fn)
     def wrapper(cfg, *args, **kwargs):
         try:
-            return run_fn(cfg, *args, **kwargs)
+            result = run_fn(cfg, *args, **kwargs)
         except RuntimeError as e:
             failure = None if isinstance(e, RunError) else collective_failure(e, cfg.train.collective_timeout_s)
             if failure is None:
                 raise
             raise RunError(failure) from e
+        # Every rank stops beating before any leaves (liveness.stop_heartbeat).
+        stop_heartbeat()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.barrier()
+        return result
     return wrapper
 
 
@@ -94,6 +103,7 @@ def start_run(run_dir: str, train_cfg, clip_grad: Optional[float]) -> Run:
     """Join the process group and check the DeepSpeed JSON against the run config (``train``
     section: batch sizes, precision, ``ds_config``), before anything is built."""
     rank, local_rank, world = init_distributed(train_cfg.collective_timeout_s)
+    start_heartbeat(rank, world)  # so a collective timeout can name the hung rank (liveness.py)
     ds_config = reconcile_ds_config(
         load_ds_config(train_cfg.ds_config), micro_batch_size=train_cfg.micro_batch_size,
         global_batch_size=train_cfg.global_batch_size, world_size=world, precision=train_cfg.precision,
