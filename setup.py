@@ -52,8 +52,9 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        # shapely is the exact-geometry oracle the rotated-op tests compare against.
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "shapely>=2.0"],
+        # shapely is the exact-geometry oracle the rotated-op tests compare against; pytest-xdist
+        # runs the suite's files two at a time (launch/test.sh): much of it waits, not computes.
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "shapely>=2.0"],
     },
     entry_points={"console_scripts": ["rsfm = rsfm_ds.cli.entry:run"]},
 )

@@ -43,3 +43,26 @@ def millionaid_shards(millionaid_tree, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("millionaid_shards")
     return write_millionaid_shards(millionaid_tree, out, maxcount=16, workers=2).manifest_path
+
+
+# Markers of the tests that start processes and run for tens of seconds to minutes, longest kind
+# first (the SLURM and two-host files wait on schedulers and timeouts for minutes).
+_LONG_MARKERS = (("slurm", "multinode"), ("distributed", "slow"))
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the files with long multi-process tests first, longest kind first, each file in its
+    collected order, then the rest. With ``-n 2 --dist loadfile`` (launch/test.sh) the workers
+    take whole files in this order, so the longest ones start early and the run does not end
+    with one worker finishing a long file alone; run in one process, the order changes nothing
+    but when each file runs."""
+    def kind(item) -> int:
+        for rank, markers in enumerate(_LONG_MARKERS):
+            if any(item.get_closest_marker(m) for m in markers):
+                return rank
+        return len(_LONG_MARKERS)
+
+    file_kind = {}
+    for item in items:
+        file_kind[item.path] = min(file_kind.get(item.path, len(_LONG_MARKERS)), kind(item))
+    items.sort(key=lambda item: file_kind[item.path])  # stable: keeps each file's own order

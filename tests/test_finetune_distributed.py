@@ -49,24 +49,34 @@ def test_upernet_learns_with_zero3_backbone(potsdam, tmp_path):
 def test_finetune_resume_is_exact(potsdam, tmp_path):
     """8 steps with a checkpoint at 4, against a run resumed from that checkpoint: the losses of
     steps 5..8 agree to the last bit (data order, augmentation seeds and RNG are restored)."""
-    def run(run_dir: Path, *extra: str) -> None:
+    def start(run_dir: Path, *extra: str):
         cmd = [sys.executable, "-m", "rsfm_ds.cli", "finetune", "seg", "--config", "configs/seg/potsdam_debug.yaml",
                f"run_dir={run_dir}", f"data.root={potsdam}", "schedule.length=8", "eval.every=1000",
                "eval.keep_best=false", "checkpoint.every_steps=4", "checkpoint.keep_last=5",
                "train.num_workers=1", "log.every_steps=1", *extra]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port())}
         with open(tmp_path / f"{run_dir.name}.log", "a") as out:
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600)
-        assert proc.returncode == 0, (tmp_path / f"{run_dir.name}.log").read_text()[-4000:]
+            return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT), run_dir
+
+    def finish(*runs) -> None:
+        try:
+            for proc, _ in runs:
+                proc.wait(timeout=600)
+        finally:
+            for proc, _ in runs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        for proc, run_dir in runs:
+            assert proc.returncode == 0, (tmp_path / f"{run_dir.name}.log").read_text()[-4000:]
 
     def losses(run_dir: Path) -> dict:
         records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
         return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
 
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    run(full)
-    run(resumed, "train.max_steps=4")
-    run(resumed, "--resume", "auto")
+    finish(start(full), start(resumed, "train.max_steps=4"))  # one process per core, side by side
+    finish(start(resumed, "--resume", "auto"))
     assert "resumed from" in (resumed / "train.log").read_text()
     a, b = losses(full), losses(resumed)
     assert [a[s] for s in range(5, 9)] == [b[s] for s in range(5, 9)]

@@ -113,3 +113,17 @@ def test_a_rank_stuck_outside_collectives_ends_when_rank_0s_store_is_gone(monkey
         proc.wait()
     assert proc.returncode == 1
     assert "has been gone for 2 s: the job ended without this rank; ending it" in proc.stderr.read()
+
+
+@pytest.mark.parametrize("gloo_text", [
+    # A receive that timed out (gloo's tcp/unbound_buffer.cc words it so), and the timeout
+    # striking inside the pairwise exchange of a checkpoint save's all-gather (met in a 2-host run).
+    "[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 20000ms for recv operation to complete",
+    "Application timeout caused pair closure",
+])
+def test_gloos_timeout_messages_are_recognised_as_collective_timeouts(gloo_text):
+    from rsfm_ds.engine.loop import collective_failure
+
+    text = collective_failure(RuntimeError(gloo_text), 20)
+    assert text is not None and "waited more than 20 s for the other ranks" in text, text
+    assert collective_failure(RuntimeError("shape mismatch"), 20) is None

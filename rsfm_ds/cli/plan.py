@@ -28,7 +28,6 @@ def _flag_error(e: ConfigError) -> ConfigError:
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    from ..models.presets import PRESETS
     from ..planning import DTYPES, TASKS
 
     p = sub.add_parser(
@@ -37,7 +36,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         description="Predict what one device holds at the peak of a training step of rsfm-ds, "
                     "term by term (docs/planning.md says what is modelled and how it was checked). "
                     "Example: rsfm plan --preset vit_2b4 --task pretrain --gpus 8 --gpu-mem 80")
-    p.add_argument("--preset", choices=list(PRESETS), help="backbone preset")
+    # Checked by the plan, not by argparse: listing the presets here would import the models
+    # (and torch) for every rsfm command.
+    p.add_argument("--preset", help="backbone preset (`rsfm models` lists them)")
     p.add_argument("--task", choices=TASKS, default="pretrain",
                    help="pretrain (MAE), det (Oriented R-CNN) or seg (UperNet); default pretrain")
     p.add_argument("--gpus", type=int, default=1, help="data-parallel devices (default 1)")

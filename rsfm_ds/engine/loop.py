@@ -36,7 +36,9 @@ class NonFiniteLossError(RunError):
 
 
 # How the backends say that a peer is gone: gloo's and NCCL's timeouts, a closed connection.
-_TIMEOUT_SIGNS = ("Timed out waiting", "timed out", "Watchdog caught collective operation timeout")
+# gloo says "Application timeout caused pair closure" when the timeout strikes inside a pairwise
+# exchange (an all-gather of a checkpoint save, for one).
+_TIMEOUT_SIGNS = ("Timed out waiting", "timed out", "Application timeout", "Watchdog caught collective operation timeout")
 _LOST_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
 from ..config import check
-from ..models.presets import get_preset
+from ..models.preset_specs import get_preset
 from .activations import (ActivationEstimate, Elems, LayerSpec, finetune_activations,
                           forward_only_activations, mae_activations, vitdet_layers)
 from .model_shape import ModelShape, model_shape
@@ -328,12 +328,18 @@ class _Terms:
 
         Without ``zero.Init``: the cast copy of the whole model (when the training dtype is not
         fp32) and the per-parameter partitions that are then copied into one flat buffer. With
-        it: every parameter is materialised whole in fp32 twice, when its module is built and
-        when the engine gathers it to initialise it on rank 0 (``build_model``); the tensors below
-        glibc's 32 MiB mmap ceiling go through the heap (the larger ones are mmapped and
-        returned).
+        it, for the fine-tuning models: every parameter is materialised whole in fp32 twice, when
+        its module is built and when the engine gathers it to initialise it on rank 0
+        (``build_model``); the tensors below glibc's 32 MiB mmap ceiling go through the heap (the
+        larger ones are mmapped and returned). The MAE instead writes each rank's partition in
+        place from the seed (engine/zero_inplace_init.py): a module's whole tensors are freed as
+        soon as it is partitioned and the next module reuses their memory, so nothing beyond the
+        largest module (a term of the build) stays (measured: ``vit_b12x1``, 2 ranks, bf16, build
+        peak within 2% of the plan without this term, 35% over with it).
         """
         if self.zero_init:
+            if self.req.task == "pretrain":
+                return 0.0
             mmap_max = 32 * 2 ** 20
             return 2 * sum(4 * n for n in self.shape.numels if 4 * n <= mmap_max)
         P, N, b = self.shape.params, self.n, self.b

@@ -6,7 +6,7 @@ import functools
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from ..models.presets import get_preset
+from ..models.preset_specs import get_preset
 
 
 @dataclass(frozen=True)

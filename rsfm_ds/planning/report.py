@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..models.presets import PRESETS
+from ..models.preset_specs import PRESETS
 from .memory import Recommendation, plan_memory, recommend
 from .profiles import GB
 from .request import TASKS, MemoryPlan, PlanRequest

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ..config import check
-from ..models.presets import PRESETS
+from ..models.preset_specs import PRESETS
 
 TASKS = ("pretrain", "det", "seg")
 DTYPES = {"bf16": 2, "fp16": 2, "fp32": 4}

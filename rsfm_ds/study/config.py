@@ -112,7 +112,7 @@ class StudyVariant:
     five levels)."""
 
     def __post_init__(self):
-        from ..models.presets import PRESETS
+        from ..models.preset_specs import PRESETS
 
         check(self.preset is None or self.preset in PRESETS, "preset",
               f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
@@ -168,7 +168,7 @@ class StudyConfig:
     cores, several single-thread cells of a small model finish sooner than one after another."""
 
     def __post_init__(self):
-        from ..models.presets import PRESETS
+        from ..models.preset_specs import PRESETS
 
         check(bool(self.presets), "presets", "name at least one preset")
         for p in self.presets:
