@@ -318,12 +318,13 @@ import torch
 from safetensors.torch import save_file
 
 from rsfm_ds.checkpoint import layout
+from rsfm_ds.engine.deepspeed_setup import init_distributed
 from rsfm_ds.engine.inference import load_task_config
 from rsfm_ds.engine.tasks import get_task
 
 ckpt_dir, reference = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 ckpt_dir = Path(ckpt_dir)
-deepspeed.init_distributed(dist_backend="gloo")
+init_distributed()  # also unlinks DeepSpeed's CPU shared-memory segments once mapped
 torch.manual_seed(0)
 model = get_task("seg").build(load_task_config("seg", "configs/seg/potsdam_debug.yaml")).build_model()
 rank = torch.distributed.get_rank()

@@ -140,13 +140,12 @@ def _deepspeed_worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    import deepspeed
 
     from rsfm_ds.engine.config import OptimConfig
-    from rsfm_ds.engine.deepspeed_setup import initialize
+    from rsfm_ds.engine.deepspeed_setup import init_distributed, initialize
     from rsfm_ds.models.heads import UperNet, UperNetConfig
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed()  # also unlinks DeepSpeed's CPU shared-memory segments once mapped
     try:
         record = {}
         for precision, norm in (("fp32", "syncbn"), ("bf16", "syncbn"), ("fp32", "bn")):
