@@ -15,7 +15,7 @@ from rsfm_ds.planning.activations import (LayerSpec, backbone_activations, finet
                                           mae_activations, pyramid_saved, total, valid_anchors,
                                           vitdet_layers)
 from rsfm_ds.planning import (PlanRequest, ZeroSettings, encoder_params, load_zero_settings, model_shape,
-                              plan_memory, plan_table, recommend)
+                              plan_memory, plan_table, recommend, zero_settings)
 
 STATE_LINES = ("parameters", "gradients", "optimizer states")
 
@@ -107,7 +107,12 @@ def test_gathered_parameters_follow_the_reuse_distance():
 
 def test_ds_config_is_read():
     z = load_zero_settings("ds_configs/cpu_debug.json")
-    assert (z.stage, z.reduce_bucket_size, z.max_live_parameters, z.torch_adam) == (3, 2e7, 1e8, True)
+    assert (z.stage, z.reduce_bucket_size, z.max_live_parameters) == (3, 2e7, 1e8)
+    # torch's AdamW allocates sqrt(v)-sized temporaries unless it runs its fused kernel (the CPU configs).
+    assert not z.unfused_torch_adam
+    unfused = {"zero_optimization": {"stage": 3}, "optimizer": {"type": "AdamW", "params": {"torch_adam": True}}}
+    assert zero_settings(unfused).unfused_torch_adam
+    assert not zero_settings({**unfused, "optimizer": {"type": "AdamW", "params": {}}}).unfused_torch_adam
     assert load_zero_settings("ds_configs/zero3_offload.json").offload_optimizer
     with pytest.raises(ConfigError, match="ds_config"):
         load_zero_settings("ds_configs/nope.json")

@@ -30,7 +30,8 @@ dtype: 2 in bf16/fp16, 4 in fp32):
   the working memory of the worst moment of the step).
 * **optimizer step**: the sub-group's gradient flattened and cast to fp32, and the temporaries of
   ``torch.optim.AdamW`` (``sqrt(v)`` and its quotient: 8 bytes per element) when the config asks
-  for it (``torch_adam``); DeepSpeed's fused Adam updates in place.
+  for it (``torch_adam``) without ``fused``; DeepSpeed's fused Adam and torch's fused kernel
+  update in place.
 
 How they add up depends on the allocator (:class:`DeviceProfile`): PyTorch's CUDA caching
 allocator reuses freed blocks, so the step's peak is the larger of the forward/backward working set
@@ -223,7 +224,7 @@ class _Terms:
         P, N, s, b = self.shape.params, self.n, self.z.stage, self.b
         part = P / N if s >= 1 else P
         group = min(self.z.sub_group_size, part) if s == 3 else part
-        adam_tmp = 8 if self.z.torch_adam else 0
+        adam_tmp = 8 if self.z.unfused_torch_adam else 0
         # The flattened gradient (b) cast to fp32 (4): both exist while casting; then the fp32
         # gradient and Adam's temporaries.
         per = max(b + 4 if b != 4 else 4, 4 + adam_tmp)

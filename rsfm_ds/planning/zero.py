@@ -31,8 +31,9 @@ class ZeroSettings:
         sub_group_size: ZeRO-3 optimizer step granularity, elements.
         offload_optimizer: optimizer states (and fp32 gradients) in host memory.
         offload_param: ZeRO-3 parameter partitions in host memory too.
-        torch_adam: the optimizer is ``torch.optim.AdamW`` (whose step allocates ``sqrt(v)``-sized
-            temporaries) rather than DeepSpeed's in-place fused / CPU Adam.
+        unfused_torch_adam: the optimizer is ``torch.optim.AdamW`` in its default (for-each or
+            single-tensor) form, whose step allocates ``sqrt(v)``-sized temporaries, rather than
+            DeepSpeed's in-place fused / CPU Adam or torch's ``fused=True`` kernel.
         source: the DeepSpeed config file these came from.
     """
 
@@ -46,7 +47,7 @@ class ZeroSettings:
     sub_group_size: float = 1e9
     offload_optimizer: bool = False
     offload_param: bool = False
-    torch_adam: bool = False
+    unfused_torch_adam: bool = False
     source: str = "DeepSpeed defaults"
 
 
@@ -81,7 +82,9 @@ def zero_settings(ds_config: Dict[str, Any], source: str = "DeepSpeed config",
         sub_group_size=float(z.get("sub_group_size", d.sub_group_size)),
         offload_optimizer=off_opt in ("cpu", "nvme"),
         offload_param=off_par in ("cpu", "nvme"),
-        torch_adam=bool(opt.get("params", {}).get("torch_adam", False)),
+        # torch.optim.AdamW(fused=True) updates in place, as DeepSpeed's fused Adam does.
+        unfused_torch_adam=bool(opt.get("params", {}).get("torch_adam", False))
+        and not bool(opt.get("params", {}).get("fused", False)),
         source=source)
 
 
