@@ -25,7 +25,7 @@ fi
 workers=${RSFM_TEST_WORKERS:-$(( $(nproc) >= 2 ? 2 : 0 ))}
 parallel=(-n "$workers" --dist loadfile)
 for arg in "$@"; do
-  case "$arg" in -n|-n[0-9]*|--numprocesses*|-s|--capture=no|--pdb|xdist|no:xdist) parallel=() ;; esac
+  case "$arg" in -n|-n[0-9]*|--numprocesses*|-s|--capture=no|--pdb|no:xdist) parallel=() ;; esac
 done
 [ "$workers" -gt 0 ] || parallel=()
 python -m pytest tests -c tests/pytest.ini "${parallel[@]}" "$@"

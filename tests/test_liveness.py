@@ -49,9 +49,8 @@ def rendezvous(monkeypatch):
 
 def _start_rank_1(orphan_grace_s: float) -> subprocess.Popen:
     """Rank 1 whose main thread is stuck (sleeping) while its heartbeat thread beats."""
-    proc = subprocess.Popen([sys.executable, "-c", BEATING_RANK_1, str(orphan_grace_s)], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", BEATING_RANK_1, str(orphan_grace_s)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    return proc
 
 
 @pytest.fixture
@@ -61,8 +60,7 @@ def rank_1(rendezvous):
         assert proc.stdout.readline().strip() == "beating"
         yield proc
     finally:
-        proc.kill()
-        os.kill(proc.pid, signal.SIGCONT) if proc.poll() is None else None
+        proc.kill()  # SIGKILL ends a stopped process too
         proc.wait()
 
 

@@ -162,7 +162,7 @@ def stalled_ranks(world: int, own_rank: int, wait_s: Optional[float] = None) -> 
 
     try:
         stalled = _within(wait_s + 2 * _STORE_TIMEOUT_S, read)
-    except Exception:
+    except (TimeoutError, RuntimeError, OSError):  # the store's errors (DistError is a RuntimeError)
         return (f"rank 0 on {os.environ.get('MASTER_ADDR', '?')} (its process serves the rendezvous store, "
                 "which does not answer)")
     return ", ".join(f"rank {r} on {host}" for r, host in stalled.items()) or None
