@@ -114,8 +114,9 @@ def _wait_ok(proc: subprocess.Popen, log, timeout=400) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}, log {log}:\n{_tail(log)}"
 
 
-def _rank_on(host: netns.Host) -> int:
-    """The rank process inside ``host`` (a child of deepspeed.launcher.launch)."""
+def _rank_on(host: netns.Host, run_dir: Path) -> int:
+    """The rank process inside ``host`` (a child of deepspeed.launcher.launch) training into ``run_dir``:
+    other jobs may have ranks on the same host (the SLURM job of phase 2 runs one there)."""
     def cmd(pid):
         try:
             return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -126,6 +127,7 @@ def _rank_on(host: netns.Host) -> int:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
     ranks = [p for p in host.pids() if "rsfm_ds.cli" in cmd(p) and "--local_rank=" in cmd(p)
+             and f" run_dir={run_dir} " in cmd(p)
              and "deepspeed.launcher.launch" not in cmd(p) and "deepspeed.launcher.launch" in cmd(parent(p))]
     assert len(ranks) == 1, {p: cmd(p) for p in host.pids()}
     return ranks[0]
@@ -144,7 +146,7 @@ def first_jobs(hosts, millionaid_shards, tmp_path_factory):
         assert wait_for(lambda: len(losses(killed)) >= 3 or a.poll() is not None or b.poll() is not None, 400), \
             _tail(f"{killed}.hosta.log")
         assert a.poll() is None and b.poll() is None, _tail(f"{killed}.hosta.log") + _tail(f"{killed}.hostb.log")
-        os.kill(_rank_on(hosts[1]), signal.SIGKILL)
+        os.kill(_rank_on(hosts[1], killed), signal.SIGKILL)
         killed_at = time.monotonic()
         a.wait(timeout=COLLECTIVE_TIMEOUT_S + GRACE_S + 60)
         ended_a = time.monotonic() - killed_at
@@ -294,7 +296,7 @@ def resumed_jobs(first_jobs, hosts, millionaid_shards):
         assert wait_for(lambda: 4 in losses(from_one) or a.poll() is not None or b.poll() is not None, 400), \
             _tail(f"{from_one}.hosta.log")
         assert a.poll() is None and b.poll() is None, _tail(f"{from_one}.hosta.log") + _tail(f"{from_one}.hostb.log")
-        stopped = _rank_on(hosts[1])
+        stopped = _rank_on(hosts[1], from_one)
         os.kill(stopped, signal.SIGSTOP)  # hung: alive, holding its sockets, never answering
         stopped_at = time.monotonic()
         a.wait(timeout=COLLECTIVE_TIMEOUT_S + GRACE_S + 60)
