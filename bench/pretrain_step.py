@@ -6,9 +6,11 @@ collectives cost or save.
 
 ``--ranks 1`` (ZeRO-3's own overhead): one process with the same threads builds the plain model
 and one DeepSpeed engine per ``--ds-config`` (configured as the engine does for one rank) and per
-``--untuned-ds-config`` (the config as given: the before), and alternates single steps of each for
-``--rounds`` rounds, so a load change on a shared machine hits every contender alike; it prints
-the median wall and CPU time per step and each one's ratio to the plain loop.
+``--untuned-ds-config`` (the config as given to DeepSpeed as it comes: no one-rank settings and
+none of the exact shortcuts of rsfm_ds/engine/zero3_fastpaths.py; the before), and alternates
+single steps of each for ``--rounds`` rounds, so a load change on a shared machine hits every
+contender alike; it prints the median wall and CPU time per step and each one's ratio to the
+plain loop.
 
     python bench/pretrain_step.py --preset debug_l --ranks 1 --threads 2 --batch 32 --rounds 7 \
         --ds-config ds_configs/cpu_debug.json --untuned-ds-config ds_configs/cpu_debug.json
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from contextlib import nullcontext
 import json
 import statistics
 import os
@@ -115,6 +118,7 @@ def zero3(args) -> dict:
 
 def one_rank(args) -> None:
     """ZeRO-3 on one rank against the plain loop, alternating steps in one process."""
+    from rsfm_ds.engine import zero3_fastpaths
     from rsfm_ds.engine.config import OptimConfig
     from rsfm_ds.engine.deepspeed_setup import (init_distributed, initialize, load_ds_config,
                                                 reconcile_ds_config)
@@ -138,12 +142,14 @@ def one_rank(args) -> None:
         linear = torch.nn.functional.linear
         torch.nn.functional.linear = original_linear
 
-        def zstep(engine=engine, linear=linear):
+        def zstep(engine=engine, linear=linear, tuned=tuned):
             torch.nn.functional.linear = linear
             try:
-                loss, _, _ = engine(imgs)
-                engine.backward(loss)
-                engine.step()
+                # The untuned contender is DeepSpeed as it comes: without the exact shortcuts too.
+                with nullcontext() if tuned else zero3_fastpaths.disabled():
+                    loss, _, _ = engine(imgs)
+                    engine.backward(loss)
+                    engine.step()
             finally:
                 torch.nn.functional.linear = original_linear
 
@@ -196,7 +202,8 @@ def main() -> None:
                         "several with --ranks 1")
     p.add_argument("--untuned-ds-config", action="append",
                    help="--ranks 1: also compare this config as given, without the engine's one-rank "
-                        "ZeRO-3 settings (rsfm_ds.engine.deepspeed_setup.one_rank_zero3): the before")
+                        "ZeRO-3 settings (rsfm_ds.engine.deepspeed_setup.one_rank_zero3) and without "
+                        "its exact shortcuts (rsfm_ds.engine.zero3_fastpaths): the before")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="--ranks 1: threads of the one process (both loops)")
     p.add_argument("--rounds", type=int, default=7, help="--ranks 1: alternating timed rounds")

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rsfm_ds.engine.deepspeed_setup import reconcile_ds_config  # noqa: E402
+from rsfm_ds.engine.deepspeed_setup import LEAF_BLOCKS_KEY, reconcile_ds_config  # noqa: E402
 
 BASE = {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 1e4}}
 
@@ -27,18 +27,21 @@ def _reconcile(ds, world, **kw):
 
 
 def test_one_rank_settings_apply_to_one_rank_zero3_only():
-    one = _reconcile(BASE, 1)["zero_optimization"]
-    assert one == {**BASE["zero_optimization"], "memory_efficient_linear": False}
+    one = _reconcile(BASE, 1)
+    assert one["zero_optimization"] == {**BASE["zero_optimization"], "memory_efficient_linear": False}
+    assert one[LEAF_BLOCKS_KEY] is True
     assert BASE["zero_optimization"] == {"stage": 3, "stage3_param_persistence_threshold": 1e4}  # not mutated
     for ds, world, kw in [(BASE, 2, {}), (BASE, 1, {"tune_one_rank": False}),
                           ({"zero_optimization": {"stage": 2}}, 1, {})]:
-        zero = _reconcile(ds, world, **kw)["zero_optimization"]
-        assert zero == ds["zero_optimization"], (world, kw)
+        reconciled = _reconcile(ds, world, **kw)
+        assert reconciled["zero_optimization"] == ds["zero_optimization"], (world, kw)
+        assert LEAF_BLOCKS_KEY not in reconciled
 
 
-def worker() -> None:
+def worker(grad_ckpt: bool) -> None:
     """One rank: a ZeRO-3 step and a plain AdamW step from the same weights; print the largest
-    parameter difference and both losses."""
+    parameter difference and both losses (the ZeRO-3 model with its blocks as leaf modules, and
+    with activation checkpointing when asked)."""
     import torch
 
     from rsfm_ds.engine.config import OptimConfig
@@ -66,6 +69,7 @@ def worker() -> None:
     opt.step()
 
     zmodel = model()
+    zmodel.set_grad_checkpointing(grad_ckpt)
     engine, optimizer = initialize(zmodel, build_param_groups(zmodel, cfg.weight_decay), ds, cfg)
     for g in optimizer.param_groups:
         g["lr"] = 1e-3
@@ -81,23 +85,31 @@ def worker() -> None:
                    for p, q in zip(params, plain.parameters()))
         moved = max((p.detach() - q.detach()).abs().max().item()
                     for p, q in zip(params, model().parameters()))
-    print("RESULT " + json.dumps(dict(diff=diff, moved=moved, loss_plain=loss_plain.item(),
-                                      loss_zero=loss_zero.item())), flush=True)
+    from deepspeed.utils import z3_leaf_module
+
+    from rsfm_ds.models.vit import Block
+
+    leaves = sum(z3_leaf_module(m) for m in engine.module.modules())
+    blocks = sum(isinstance(m, Block) for m in engine.module.modules())
+    print("RESULT " + json.dumps(dict(diff=diff, moved=moved, leaves=leaves, blocks=blocks,
+                                      loss_plain=loss_plain.item(), loss_zero=loss_zero.item())), flush=True)
 
 
-def test_one_rank_zero3_step_equals_a_plain_adamw_step():
+@pytest.mark.parametrize("grad_ckpt", [False, True])
+def test_one_rank_zero3_step_equals_a_plain_adamw_step(grad_ckpt):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, __file__], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, __file__, str(int(grad_ckpt))], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(lines[-1][len("RESULT "):])
     assert r["loss_zero"] == pytest.approx(r["loss_plain"], rel=1e-6)
+    assert r["leaves"] == r["blocks"] > 0  # every encoder and decoder block fetched as one unit
     assert r["moved"] > 1e-4  # the step changed the weights (AdamW moves each by about lr)
     assert r["diff"] < 1e-6, r
 
 
 if __name__ == "__main__":
-    worker()
+    worker(bool(int(sys.argv[1])))
