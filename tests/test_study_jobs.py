@@ -83,3 +83,7 @@ def test_pending_cells_by_preset_and_init_for_the_slurm_arrays(tmp_path):
     assert out.returncode == 0 and out.stdout.splitlines()[-2:] == ["debug 2", "scratch 1,3"], out.stderr
     bad = rsfm("study", "--config", str(config), "--pending", "--preset", "debug_l")
     assert bad.returncode == 2 and "--preset debug_l: no cell of the study" in bad.stderr
+    # --jobs means stages at once in a local study; a one-stage mode refuses it instead of ignoring it.
+    bad = rsfm("study", "--config", str(config), "--cell", "1", "--jobs", "2")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("rsfm study: error: --jobs:"), bad.stderr
+    assert "--cell runs one stage" in bad.stderr

@@ -3,7 +3,6 @@ fine-tuned checkpoint run on a benchmark's public test set and scored the same w
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .common import add_classes_argument, own_classes, verb
@@ -20,7 +19,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def _write_json(path: str, payload: dict) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    from ..evaluation.scene_outputs import write_json_atomic
+
+    write_json_atomic(path, payload)
 
 
 def _det(group: argparse._SubParsersAction) -> None:

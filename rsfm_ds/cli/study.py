@@ -60,6 +60,19 @@ def _preset(cfg, preset: str, flag: str) -> str:
     return preset
 
 
+MODES = ("cell", "pretrain", "convert", "count", "list", "pending", "pending_presets", "pending_arrays",
+         "pending_pretrain", "prepare", "collect")
+
+
+def _mode(args: argparse.Namespace):
+    """The mode flag given (as typed), or None for a local study."""
+    for name in MODES:
+        value = getattr(args, name)
+        if value is not None and value is not False:
+            return "--" + name.replace("_", "-")
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import study
 
@@ -68,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
         from ..config import ConfigError
 
         raise ConfigError("--preset/--init: they narrow --pending, and only it")
+    mode = _mode(args)
+    if args.jobs is not None and mode is not None:
+        from ..config import ConfigError
+
+        raise ConfigError(f"--jobs: it sets how many stages a local study runs at once; {mode} runs one "
+                          "stage (its ranks come from the launcher)")
     if args.count:
         print(len(study.cells(cfg)))
     elif args.list:

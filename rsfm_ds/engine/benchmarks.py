@@ -32,10 +32,11 @@ from ..data.det.split import IMAGE_EXTENSIONS, is_patch_name
 from ..data.seg.dataset import SegDataset, mmseg_pairs
 from ..data.seg.loveda import LOVEDA_CLASSES, LOVEDA_DOMAINS, list_loveda
 from ..data.seg.potsdam import class_names as potsdam_class_names
-from ..errors import ConfigError, DataError, check_output_is_not_input, writing
+from ..errors import ConfigError, DataError, check_output_is_not_input
 from ..evaluation.detection_results import to_task1
 from ..evaluation.rotated_map import DEVKIT, MMROTATE, MapResult, class_list, evaluate_rotated_map
 from ..evaluation.seg_metrics import SegMetric, SegResult
+from ..evaluation.scene_outputs import write_json_atomic
 from ..evaluation.segmentation_results import write_index_png
 from ..evaluation.submission import (SubmissionReport, check_archive_path, write_dota_submission,
                                      write_loveda_submission)
@@ -181,11 +182,6 @@ def submit_loveda(config: PathLike, checkpoint: PathLike, images: PathLike, out:
     return report
 
 
-def _write_json(path: Path, record: Dict[str, object]) -> None:
-    with writing(path):
-        path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-
-
 def evaluate_dior(config: PathLike, checkpoint: PathLike, out_dir: PathLike, overrides: Sequence[str] = (),
                   tag: Optional[str] = None, options: InferenceOptions = InferenceOptions(),
                   root: Optional[PathLike] = None, split: Optional[str] = None) -> LocalEvaluation:
@@ -221,7 +217,7 @@ def evaluate_dior(config: PathLike, checkpoint: PathLike, out_dir: PathLike, ove
     record: Dict[str, object] = dict(benchmark="dior", split=d.val_split, root=str(d.root), config=str(config),
                                      checkpoint=str(checkpoint), **result.to_json())
     record["protocol"] = f"{protocol.describe()} ({d.protocol})"
-    _write_json(out_dir / "metrics.json", record)
+    write_json_atomic(out_dir / "metrics.json", record)
     return LocalEvaluation(result, record, out_dir)
 
 
@@ -276,7 +272,7 @@ def evaluate_potsdam(config: PathLike, checkpoint: PathLike, out_dir: PathLike, 
     result = metric.compute()
     record = dict(benchmark="potsdam", split="val (the 14 test tiles)", root=str(d.root), config=str(config),
                   checkpoint=str(checkpoint), eroded=bool(prepared.get("eroded")), **result.to_json())
-    _write_json(out_dir / "metrics.json", record)
+    write_json_atomic(out_dir / "metrics.json", record)
     return LocalEvaluation(result, record, out_dir)
 
 
