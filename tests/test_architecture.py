@@ -8,6 +8,8 @@ dodge a cycle is still an arrow).
 """
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
@@ -160,3 +162,23 @@ def test_the_graph_walker_sees_relative_function_level_and_package_imports(tmp_p
     known = {"rsfm_ds.pkg.sibling", "rsfm_ds.other", "rsfm_ds.other.mod", "rsfm_ds.errors"}
     assert imports("rsfm_ds.pkg.m", src, False, known) == {"rsfm_ds.pkg.sibling", "rsfm_ds.other.mod",
                                                             "rsfm_ds.errors"}
+
+
+TORCH_FREE_COMMANDS = [
+    ["study", "--config", "configs/study/scaling.yaml", "--count"],
+    ["study", "--config", "configs/study/scaling.yaml", "--pending-arrays"],
+    ["study", "--config", "configs/study/ablation.yaml", "--list"],
+    ["synth", "--help"],
+    ["plan", "--help"],
+]
+
+
+@pytest.mark.parametrize("argv", TORCH_FREE_COMMANDS, ids=lambda a: " ".join(a[:1] + a[-1:]))
+def test_commands_that_only_read_configs_import_no_torch(argv):
+    """The SLURM study chain runs these bookkeeping commands between jobs: torch would cost ~2 s
+    each (the run configs' dataclasses live in torch-free modules for this)."""
+    code = ("import sys\nfrom rsfm_ds.cli import main\ntry:\n    assert main(%r) == 0\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\nprint('torch imported:', 'torch' in sys.modules)" % (argv,))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "torch imported: False", proc.stdout[-500:]

@@ -168,11 +168,12 @@ from rsfm_ds.engine.config import PretrainConfig
 from rsfm_ds.engine.deepspeed_setup import build_model, initialize
 from rsfm_ds.engine.loop import start_run
 from rsfm_ds.engine.param_groups import build_param_groups
+from rsfm_ds.models.mae import build_mae
 
 config, ckpt_dir, out = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 cfg = load_config(PretrainConfig, config, [f"run_dir={out}/run"])
 run = start_run(cfg.run_dir, cfg.train, cfg.optim.clip_grad)
-model = build_model(cfg.model.build, run.ds_config, cfg.model.zero_init)
+model = build_model(lambda: build_mae(cfg.model), run.ds_config, cfg.model.zero_init)
 engine, _ = initialize(model, build_param_groups(model, cfg.optim.weight_decay), run.ds_config, cfg.optim)
 path, client_state = engine.load_checkpoint(ckpt_dir)
 with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):

@@ -12,7 +12,7 @@ from test_study import seg_dataset, write_study  # tests/ is on the import path
 from rsfm_ds import study
 from rsfm_ds.config import ConfigError
 from rsfm_ds.models.presets import count_trainable, create_vit
-from rsfm_ds.models.vitdet import SimpleFeaturePyramid, ViTDetConfig
+from rsfm_ds.models.vitdet import SimpleFeaturePyramid, ViTDetConfig, build_vitdet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,10 +64,10 @@ def test_variants_expand_into_cells_with_their_overrides_applied(tmp_path):
     assert study.variant_overrides(cfg, grid[24]) == {"backbone.drop_path_rate": 0.05}
     assert study.variant_overrides(cfg, grid[0]) == {}
     # The overrides reach the built models: all-window blocks, the single stride-16 level.
-    assert windows(runs["all_window"].backbone.build()) == [8] * 4
-    assert windows(runs["vitdet"].backbone.build()) == [8, 0, 8, 0]  # 0: global
-    assert windows(plain.backbone.build()) == [8, 0] * 4
-    assert runs["single_scale"].backbone.build().out_strides == {"p4": 16}
+    assert windows(build_vitdet(runs["all_window"].backbone)) == [8] * 4
+    assert windows(build_vitdet(runs["vitdet"].backbone)) == [8, 0, 8, 0]  # 0: global
+    assert windows(build_vitdet(plain.backbone)) == [8, 0] * 4
+    assert build_vitdet(runs["single_scale"].backbone).out_strides == {"p4": 16}
     study.check_cells(cfg)  # every cell's config builds
 
 

@@ -13,7 +13,7 @@ from rsfm_ds.models.vit import Attention, sincos_pos_embed_2d
 from rsfm_ds.checkpoint.backbone import mae_to_backbone
 from rsfm_ds.checkpoint.loading import load_backbone
 from rsfm_ds.errors import CheckpointError, ConfigError
-from rsfm_ds.models.vitdet import (ViTDetAttention, ViTDetConfig, create_vitdet, decomposed_rel_pos_bias,
+from rsfm_ds.models.vitdet import (ViTDetAttention, ViTDetConfig, build_vitdet, create_vitdet, decomposed_rel_pos_bias,
                                    new_parameter_names, relative_position_table, window_partition,
                                    window_unpartition)
 
@@ -411,7 +411,7 @@ def test_config_defaults_follow_vitdet_and_size_the_rel_pos_tables_like_it():
     cfg = ViTDetConfig(preset="debug", img_size=512, window_size=7)
     assert (cfg.use_rel_pos, cfg.abs_pos, cfg.pretrain_img_size) == (True, "interpolate", 224)
     with torch.device("meta"):
-        model = cfg.build()
+        model = build_vitdet(cfg)
     head_dim = 128 // 4
     for i, blk in enumerate(model.blocks):
         for branch in blk.attns:

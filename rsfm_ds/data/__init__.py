@@ -9,7 +9,8 @@ Pretraining path (docs/shards.md):
   epoch_plan.py        per-rank / per-worker / per-batch sample plans (exact and resampled epochs)
   shard_reader.py      reads planned samples out of shards, reporting what cannot be read
   jpeg.py, transforms.py  OpenCV decoding (reduced where possible) and MAE augmentation
-  loader.py            ``PretrainDataConfig``, ``build_pretrain_loader``, ``PretrainLoader``
+  config.py            ``PretrainDataConfig`` (the run config's ``data:`` section; no torch)
+  loader.py            ``build_pretrain_loader``, ``PretrainLoader``
   (synthetic MillionAID JPEGs: synth/millionaid.py)
 
 Shared by all: raster.py (any raster by window, its georeference, the per-band normalisation),

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Tuple
 
 from ..config import check, check_choices
-from ..data.pretrain.loader import PretrainDataConfig
-from ..models.mae import MAEConfig
-from ..models.vitdet import ViTDetConfig
-from .deepspeed_setup import DEFAULT_COLLECTIVE_TIMEOUT_S
+from ..data.pretrain.config import PretrainDataConfig
+from ..models.model_configs import MAEConfig, ViTDetConfig
+
+# How long a collective waits for the other ranks before the job fails (a rank stopped, hung or died).
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 
 Precision = Literal["fp32", "bf16", "fp16"]
 

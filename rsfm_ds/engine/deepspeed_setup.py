@@ -21,10 +21,9 @@ import torch.nn as nn
 from ..config import ConfigError
 from ..models.seeded_init import SeededInit
 from . import zero3_fastpaths
+from .config import DEFAULT_COLLECTIVE_TIMEOUT_S
 from .launcher_guard import follow_launcher
 from .zero_inplace_init import init_partitions_in_place, supports_inplace
-
-DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 
 
 def init_distributed(timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> Tuple[int, int, int]:

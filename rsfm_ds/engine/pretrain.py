@@ -33,6 +33,7 @@ from ..config import check
 from ..data.pretrain.loader import build_pretrain_loader, resolve_shards, sample_format
 from ..data.pretrain.manifest import Manifest
 from ..errors import DataError
+from ..models.mae import build_mae
 from .checkpointing import CheckpointManager, resume_ds_config
 from .config import PretrainConfig
 from .deepspeed_setup import build_model, device_peak_tflops, initialize, model_dtype, peak_memory_bytes
@@ -62,7 +63,7 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     resume_from = ckpt.resume_path()
 
     seed_all(cfg.seed)  # identical initialisation on every rank
-    model = build_model(mcfg.build, run.ds_config, mcfg.zero_init, seed=cfg.seed)
+    model = build_model(lambda: build_mae(mcfg), run.ds_config, mcfg.zero_init, seed=cfg.seed)
     model.set_grad_checkpointing(mcfg.grad_checkpointing, use_reentrant=mcfg.checkpoint_use_reentrant)
     ds_config = resume_ds_config(run.ds_config, resume_from, run.world)  # before initialize: load_universal
     engine, optimizer = initialize(model, build_param_groups(model, ocfg.weight_decay), ds_config, ocfg)

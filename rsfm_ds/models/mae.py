@@ -13,14 +13,14 @@ predicts ``p*p*C`` values per patch; the target of a patch covers all of its ban
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..config import check
-from .presets import PRESETS, get_preset
+from .model_configs import MAEConfig
+from .preset_specs import mae_train_flops  # noqa: F401  (re-exported)
+from .presets import get_preset
 from .seeded_init import Normal, Rule, SeededInit
 from .vit import Block, VisionTransformer, sincos_pos_embed_2d
 
@@ -171,47 +171,6 @@ class MaskedAutoencoder(SeededInit, nn.Module):
         return loss, pred, mask
 
 
-@dataclass
-class MAEConfig:
-    """The MAE model being pretrained."""
-
-    preset: str = "debug"
-    """Backbone preset (rsfm models lists them)."""
-    img_size: int = 224
-    """Input side in pixels; must match data.img_size."""
-    mask_ratio: float = 0.75
-    """Fraction of patches removed per sample."""
-    norm_pix_loss: bool = True
-    """Regress per-patch normalised pixels."""
-    drop_path_rate: float = 0.0
-    """Stochastic depth at the last encoder block (MAE pretraining uses none)."""
-    decoder: Optional[Tuple[int, int, int]] = None
-    """MAE decoder (width, depth, heads); null takes the preset's."""
-    fused_attn: bool = True
-    """scaled_dot_product_attention kernels (flash / memory-efficient on GPU)."""
-    in_chans: int = 3
-    """Input bands; must equal the bands of the pretraining shards (3 for MillionAID, the
-    manifest's ``samples.bands`` for shards of ``rsfm shards images``)."""
-
-    def __post_init__(self):
-        check(self.preset in PRESETS, "preset", f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
-        patch = PRESETS[self.preset].patch_size
-        check(self.img_size > 0 and self.img_size % patch == 0, "img_size",
-              f"must be a positive multiple of the patch size {patch}, got {self.img_size}")
-        check(0.0 < self.mask_ratio < 1.0, "mask_ratio", f"must be in (0, 1), got {self.mask_ratio}")
-        check(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
-        check(self.in_chans >= 1, "in_chans", f"must be >= 1, got {self.in_chans}")
-
-    def build(self) -> "MaskedAutoencoder":
-        return create_mae(self.preset, img_size=self.img_size, norm_pix_loss=self.norm_pix_loss,
-                          mask_ratio=self.mask_ratio, drop_path_rate=self.drop_path_rate, fused_attn=self.fused_attn,
-                          decoder=self.decoder, in_chans=self.in_chans)
-
-    def train_flops(self) -> int:
-        """Model FLOPs of one training sample (:func:`mae_train_flops`)."""
-        return mae_train_flops(self.preset, self.img_size, self.mask_ratio, self.decoder, self.in_chans)
-
-
 def create_mae(preset: str, img_size: int = 224, norm_pix_loss: bool = True,
                mask_ratio: float = 0.75, drop_path_rate: float = 0.0, fused_attn: bool = True,
                decoder: Optional[Tuple[int, int, int]] = None, in_chans: int = 3) -> MaskedAutoencoder:
@@ -227,22 +186,12 @@ def create_mae(preset: str, img_size: int = 224, norm_pix_loss: bool = True,
                              norm_pix_loss=norm_pix_loss, mask_ratio=mask_ratio)
 
 
-def mae_train_flops(preset: str, img_size: int = 224, mask_ratio: float = 0.75,
-                    decoder: Optional[Tuple[int, int, int]] = None, in_chans: int = 3) -> int:
-    """Model FLOPs of one MAE training sample: 3 x forward (backward = 2 x forward), encoder on the
-    visible tokens plus the decoder on all tokens; recomputation by activation checkpointing is
-    not counted (the MFU convention)."""
-    from .presets import encoder_flops
-
-    p = get_preset(preset)
-    dim, depth, _ = decoder or p.decoder
-    patches = (img_size // p.patch_size) ** 2
-    kept = int(round(patches * (1 - mask_ratio))) + 1
-    n = patches + 1
-    block = 2 * n * dim * 3 * dim + 4 * n * n * dim + 2 * n * dim * dim + 2 * n * dim * 4 * dim * 2
-    dec = 2 * kept * p.embed_dim * dim + depth * block + 2 * patches * dim * p.patch_size ** 2 * in_chans
-    return 3 * (encoder_flops(preset, img_size, keep_ratio=1 - mask_ratio, in_chans=in_chans) + dec)
+def build_mae(cfg: MAEConfig) -> MaskedAutoencoder:
+    """The MAE a run config's ``model:`` section describes."""
+    return create_mae(cfg.preset, img_size=cfg.img_size, norm_pix_loss=cfg.norm_pix_loss, mask_ratio=cfg.mask_ratio,
+                      drop_path_rate=cfg.drop_path_rate, fused_attn=cfg.fused_attn, decoder=cfg.decoder,
+                      in_chans=cfg.in_chans)
 
 
-__all__ = ["MAEConfig", "MaskedAutoencoder", "create_mae", "patchify", "unpatchify", "random_masking",
+__all__ = ["MAEConfig", "MaskedAutoencoder", "create_mae", "build_mae", "patchify", "unpatchify", "random_masking",
            "mae_train_flops"]

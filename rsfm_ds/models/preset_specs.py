@@ -12,7 +12,7 @@ timm) so that the planner and the command line read the presets without importin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -109,4 +109,19 @@ def encoder_flops(preset: str, img_size: int = 224, keep_ratio: float = 1.0,
     return embed + p.depth * p.num_branches * (attn + mlp)
 
 
-__all__ = ["PRESETS", "ViTPreset", "get_preset", "encoder_flops"]
+def mae_train_flops(preset: str, img_size: int = 224, mask_ratio: float = 0.75,
+                    decoder: Optional[Tuple[int, int, int]] = None, in_chans: int = 3) -> int:
+    """Model FLOPs of one MAE training sample: 3 x forward (backward = 2 x forward), encoder on the
+    visible tokens plus the decoder on all tokens; recomputation by activation checkpointing is
+    not counted (the MFU convention)."""
+    p = get_preset(preset)
+    dim, depth, _ = decoder or p.decoder
+    patches = (img_size // p.patch_size) ** 2
+    kept = int(round(patches * (1 - mask_ratio))) + 1
+    n = patches + 1
+    block = 2 * n * dim * 3 * dim + 4 * n * n * dim + 2 * n * dim * dim + 2 * n * dim * 4 * dim * 2
+    dec = 2 * kept * p.embed_dim * dim + depth * block + 2 * patches * dim * p.patch_size ** 2 * in_chans
+    return 3 * (encoder_flops(preset, img_size, keep_ratio=1 - mask_ratio, in_chans=in_chans) + dec)
+
+
+__all__ = ["PRESETS", "ViTPreset", "get_preset", "encoder_flops", "mae_train_flops"]

@@ -48,9 +48,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
 from functools import partial
-from typing import Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -58,8 +57,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d, PatchEmbed
 
-from ..config import check, check_choices
-from .presets import PRESETS, get_preset
+from .model_configs import PYRAMID_SCALES, ViTDetConfig
+from .presets import get_preset
 from .seeded_init import Constant, Rule, SeededInit, Values, fan_in_uniform, kaiming_normal, xavier_uniform
 from .vit import Attention, VisionTransformer, linear_norm_rules, make_block, sincos_pos_embed_2d
 
@@ -285,7 +284,7 @@ class SimpleFeaturePyramid(nn.Module):
     PyTorch's defaults).
     """
 
-    SCALES = (4.0, 2.0, 1.0, 0.5)
+    SCALES = PYRAMID_SCALES
 
     def __init__(self, in_dim: int, out_channels: int = 256, patch_size: int = 16,
                  extra_p6: bool = False, scale_factors: Sequence[float] = SCALES):
@@ -486,72 +485,14 @@ class ViTDetBackbone(SeededInit, nn.Module):
         return self.pyramid(self.forward_tokens(x).permute(0, 3, 1, 2))
 
 
-@dataclass
-class ViTDetConfig:
-    """The ViTDet backbone of a fine-tuning run."""
-
-    preset: str = "debug"
-    """Backbone preset (rsfm models lists them)."""
-    img_size: int = 512
-    """Training input side in pixels."""
-    window_size: int = 14
-    """Window side in tokens for the non-global blocks (7 in the RVSA/MTP recipes)."""
-    global_attn_indexes: Optional[Tuple[int, ...]] = None
-    """Blocks with global attention; null takes the preset's (the last block of each quarter)."""
-    drop_path_rate: float = 0.1
-    """Stochastic depth at the last block."""
-    use_rel_pos: bool = True
-    """Decomposed relative position bias in window and global blocks (new, zero-initialised
-    parameters), on as in detectron2's configs/common/models/mask_rcnn_vitdet.py (the ViTDet
-    recipes). The paper's available text does not say whether its fine-tuning uses it; false
-    runs the plain MAE encoder."""
-    out_channels: int = 256
-    """Width of every pyramid level."""
-    abs_pos: Literal["interpolate", "sincos"] = "interpolate"
-    """Absolute position table: "interpolate" keeps the pretrained table at the pretraining grid
-    as a trainable parameter and resizes it bicubically to the input grid (detectron2's
-    get_abs_pos); "sincos" computes the fixed sin-cos table of the input grid (never trained)."""
-    pretrain_img_size: int = 224
-    """Pretraining resolution in pixels: the grid of the "interpolate" table (224 as detectron2's
-    ViT); set it to the MAE run's img_size so that the pretrained table is used as it was."""
-    in_chans: int = 3
-    """Input channels of the patch embedding: the band count of the images after data.bands
-    (3 for RGB; e.g. 4 for RGB + near infrared). A pretrained backbone of another band count is
-    adapted (backbone.patch_embed_adapt, docs/checkpoints.md)."""
-    scale_factors: Tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
-    """Levels of the simple feature pyramid relative to the stride-16 map, finest first (the
-    ``scale_factors`` of detectron2's ViTDet ``SimpleFeaturePyramid``): the default builds p2..p5;
-    ``[1.0]`` is the single-scale ablation (one stride-16 level, p4), which the segmentation
-    head accepts and Oriented R-CNN (five levels) does not. A descending subset of
-    (4, 2, 1, 0.5) holding 1."""
-
-    def __post_init__(self):
-        check(self.preset in PRESETS, "preset", f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
-        check(self.img_size > 0 and self.img_size % 32 == 0, "img_size",
-              f"must be a positive multiple of 32 (the coarsest pyramid stride), got {self.img_size}")
-        check(self.window_size > 0, "window_size", f"must be positive, got {self.window_size}")
-        depth = PRESETS[self.preset].depth
-        if self.global_attn_indexes is not None:
-            check(all(0 <= i < depth for i in self.global_attn_indexes), "global_attn_indexes",
-                  f"must be block indexes in [0, {depth}), got {self.global_attn_indexes}")
-        check(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
-        check_choices(self)
-        patch = PRESETS[self.preset].patch_size
-        check(self.pretrain_img_size > 0 and self.pretrain_img_size % patch == 0, "pretrain_img_size",
-              f"must be a positive multiple of the patch size {patch}, got {self.pretrain_img_size}")
-        check(self.in_chans >= 1, "in_chans", f"must be >= 1, got {self.in_chans}")
-        scales = SimpleFeaturePyramid.SCALES
-        check(set(self.scale_factors) <= set(scales) and 1.0 in self.scale_factors
-              and list(self.scale_factors) == sorted(set(self.scale_factors), reverse=True), "scale_factors",
-              f"must be a descending subset of {list(scales)} holding 1.0, got {list(self.scale_factors)}")
-
-    def build(self, extra_p6: bool = False) -> "ViTDetBackbone":
-        """The backbone; ``extra_p6`` adds the stride-64 level (detection)."""
-        return create_vitdet(self.preset, self.img_size, window_size=self.window_size,
-                             global_attn_indexes=self.global_attn_indexes, drop_path_rate=self.drop_path_rate,
-                             out_channels=self.out_channels, use_rel_pos=self.use_rel_pos, extra_p6=extra_p6,
-                             abs_pos=self.abs_pos, pretrain_img_size=self.pretrain_img_size,
-                             in_chans=self.in_chans, scale_factors=self.scale_factors)
+def build_vitdet(cfg: ViTDetConfig, extra_p6: bool = False) -> "ViTDetBackbone":
+    """The backbone a run config's ``backbone:`` section describes; ``extra_p6`` adds the
+    stride-64 level (detection)."""
+    return create_vitdet(cfg.preset, cfg.img_size, window_size=cfg.window_size,
+                         global_attn_indexes=cfg.global_attn_indexes, drop_path_rate=cfg.drop_path_rate,
+                         out_channels=cfg.out_channels, use_rel_pos=cfg.use_rel_pos, extra_p6=extra_p6,
+                         abs_pos=cfg.abs_pos, pretrain_img_size=cfg.pretrain_img_size,
+                         in_chans=cfg.in_chans, scale_factors=cfg.scale_factors)
 
 
 def create_vitdet(preset: str, img_size: int, window_size: int = 14,
@@ -591,7 +532,7 @@ def new_parameter_names(model: ViTDetBackbone) -> List[str]:
             if k.startswith("pyramid.") or ".rel_pos_" in k or k == "pos_embed"]
 
 
-__all__ = ["ViTDetConfig", "ViTDetAttention", "ViTDetBackbone", "SimpleFeaturePyramid", "ScaleBlock",
+__all__ = ["ViTDetConfig", "build_vitdet", "ViTDetAttention", "ViTDetBackbone", "SimpleFeaturePyramid", "ScaleBlock",
            "create_vitdet", "new_parameter_names",
            "window_partition", "window_unpartition", "decomposed_rel_pos_bias",
            "relative_position_table", "resample_pos_table", "ABS_POS_MODES"]

@@ -53,13 +53,13 @@ def model_shape(preset: str, task: str, img_size: int, window_size: int = 14,
     import torch
 
     from ..models.heads import OrientedRCNN, SegmentationModel
-    from ..models.mae import MAEConfig
+    from ..models.mae import MAEConfig, build_mae
     from ..models.presets import count_trainable, create_vit
     from ..models.vitdet import ViTDetConfig
 
     with torch.device("meta"):
         if task == "pretrain":
-            model = MAEConfig(preset=preset, img_size=img_size).build()
+            model = build_mae(MAEConfig(preset=preset, img_size=img_size))
         elif task == "det":
             model = OrientedRCNN.build(ViTDetConfig(preset=preset, img_size=img_size, window_size=window_size),
                                        num_classes)

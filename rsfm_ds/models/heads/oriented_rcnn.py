@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..vitdet import ViTDetConfig
+from ..vitdet import ViTDetConfig, build_vitdet
 from .oriented_rpn import OrientedRPNConfig, OrientedRPNHead
 from .rotated_roi_head import RotatedRoIConfig, RotatedRoIHead
 
@@ -104,7 +104,7 @@ class OrientedRCNN(nn.Module):
               ) -> "OrientedRCNN":
         """The detector of a fine-tuning run: its ViTDet backbone (with the stride-64 level), then the
         heads, in that order (initialisation draws in module order)."""
-        return cls(backbone.build(extra_p6=True), num_classes, cfg)
+        return cls(build_vitdet(backbone, extra_p6=True), num_classes, cfg)
 
     def init_module(self, m: nn.Module) -> None:
         """Initialise the parameters ``m`` owns directly: backbone modules by the backbone's

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
-from ..vitdet import ViTDetConfig
+from ..vitdet import ViTDetConfig, build_vitdet
 from .upernet import UperNet, UperNetConfig
 
 
@@ -35,7 +35,7 @@ class SegmentationModel(nn.Module):
               ignore_index: int = 255) -> "SegmentationModel":
         """The model of a fine-tuning run: its ViTDet backbone, then UperNet on its pyramid, in that
         order (initialisation draws in module order)."""
-        vitdet = backbone.build()
+        vitdet = build_vitdet(backbone)
         # UperNet reads every level the pyramid builds (p2..p5, or p4 alone when single-scale).
         return cls(vitdet, UperNet(num_classes, in_channels=backbone.out_channels, cfg=head,
                                    ignore_index=ignore_index, in_keys=tuple(vitdet.out_strides)))
