@@ -167,7 +167,11 @@ def test_seg_pixels_of_one_tile_equal_that_tiles_forward(models, tmp_path):
     assert np.array_equal(got.mask[:, 64:], tiles[1].argmax(0)[:, 28:].numpy())
     shared = (tiles[0][:, :, 36:] + tiles[1][:, :, :28]) / 2
     assert np.array_equal(got.mask[:, 36:64], shared.argmax(0).numpy())
-    np.testing.assert_allclose(got.probabilities[:, :, 36:64], torch.softmax(shared, 0).numpy(), atol=1e-6)
+    # Held as the file holds them: x 255, rounded (within one step where float rounding of the
+    # average puts a value on a rounding boundary).
+    want = np.rint(torch.softmax(shared, 0).numpy() * 255)
+    assert got.probabilities.dtype == np.uint8
+    assert np.abs(got.probabilities[:, :, 36:64].astype(np.int64) - want).max() <= 1
 
 
 @pytest.mark.parametrize("size,tile,overlap", [((150, 130), 64, 16), ((40, 50), 64, 0)])

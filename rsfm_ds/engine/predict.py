@@ -316,7 +316,8 @@ class SceneSegmentation:
 
     Attributes:
         mask: ``uint8 [H, W]`` class indices, :data:`NODATA_CLASS` on nodata pixels.
-        probabilities: ``float32 [K, H, W]`` softmax of the averaged logits, when asked for.
+        probabilities: ``uint8 [K, H, W]`` softmax of the averaged logits x 255, rounded, when asked
+            for (what ``<stem>_probs.tif`` holds).
         tiles: tiles run.
     """
 

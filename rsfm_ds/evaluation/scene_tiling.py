@@ -28,6 +28,7 @@ from ..config import check
 from ..data.det.merge import MERGE_IOU_THR
 from ..data.tiling import window_starts
 from ..ops.nms import batched_nms_rotated
+from .scene_outputs import quantize_probabilities
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,9 @@ class BandAverager:
         num_classes: K.
         height, width: the scene's size.
         tile: tile side (the band's height).
-        probabilities: also keep the softmax of the averaged logits for every pixel.
+        probabilities: also keep the softmax of the averaged logits for every pixel, as ``uint8``
+            x 255 (:func:`~rsfm_ds.evaluation.scene_outputs.quantize_probabilities`, what the
+            probabilities GeoTIFF holds): ``K x H x W`` bytes, a quarter of float32's.
     """
 
     def __init__(self, num_classes: int, height: int, width: int, tile: int, probabilities: bool = False):
@@ -116,7 +119,7 @@ class BandAverager:
         self.sum = torch.zeros(num_classes, min(tile, height), width)
         self.count = torch.zeros(min(tile, height), width)
         self.mask = np.zeros((height, width), dtype=np.uint8)
-        self.probs = np.zeros((num_classes, height, width), dtype=np.float32) if probabilities else None
+        self.probs = np.zeros((num_classes, height, width), dtype=np.uint8) if probabilities else None
 
     def add(self, logits: torch.Tensor, col: int, row: int, w: int, h: int) -> None:
         """Add a tile's logits ``float32 [K, h, w]`` at scene ``(col, row)``."""
@@ -132,7 +135,7 @@ class BandAverager:
         avg = self.sum[:, :n] / self.count[:n]
         self.mask[self.top:until] = avg.argmax(dim=0).to(torch.uint8).numpy()
         if self.probs is not None:
-            self.probs[:, self.top:until] = torch.softmax(avg, dim=0).numpy()
+            self.probs[:, self.top:until] = quantize_probabilities(torch.softmax(avg, dim=0).numpy())
         rows = min(self.tile, self.h - until)
         keep = self.sum.shape[1] - n
         fresh = torch.zeros(self.k, rows, self.w)
@@ -142,7 +145,7 @@ class BandAverager:
         self.sum, self.count, self.top = fresh, fresh_count, until
 
     def result(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """``(uint8 [H, W] argmax of the averaged logits, float32 [K, H, W] softmax or None)``;
+        """``(uint8 [H, W] argmax of the averaged logits, uint8 [K, H, W] softmax x 255 or None)``;
         call once every tile has been added."""
         self._finish(self.h)
         return self.mask, self.probs
