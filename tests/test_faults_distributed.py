@@ -110,3 +110,40 @@ def test_a_stopped_rank_ends_the_job_with_a_message_naming_the_rank_and_host(mil
                 f"for the other ranks (train.collective_timeout_s): rank 1 on {host} stopped answering") in text, \
             text[-4000:]
         assert wait_for(lambda: not job_processes(mark), 30), job_processes(mark)
+
+
+def _descendants(pid: int, procs) -> List[int]:
+    children = [p for p in procs if _parent(p) == pid]
+    return children + [d for c in children for d in _descendants(c, procs)]
+
+
+def test_a_rank_whose_data_loader_stalls_is_named_though_its_process_answers(millionaid_shards, tmp_path):
+    """A loader that stops delivering (a hung file system under a worker): the rank's process and
+    heartbeat live on, its training thread waits for a batch, the other rank times out in the next
+    collective and names it from its published phase (engine/liveness.py)."""
+    timeout_s = 15
+    with pretraining_job(tmp_path / "run", millionaid_shards, f"train.collective_timeout_s={timeout_s}") as \
+            (runner, mark, log):
+        procs = job_processes(mark)
+        # Everything the rank's loader runs: its fork server, the workers forked from it (a new set
+        # each epoch) and the resource tracker.
+        workers = _descendants(rank_pid(mark, 1), procs)
+        assert any("forkserver" in procs.get(_parent(p), "") for p in workers), procs
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            assert wait_for(lambda: "rsfm pretrain: error:" in log.read_text(), timeout_s + 90), \
+                log.read_text()[-4000:]
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        waited = time.monotonic() - started
+        runner.wait(timeout=60)
+        text = log.read_text()
+        host = os.uname().nodename
+        assert runner.returncode != 0 and waited < timeout_s + 60, waited
+        assert (f"rank 0 on {host}: a collective operation waited more than {timeout_s} s for the other ranks "
+                f"(train.collective_timeout_s): rank 1 on {host} is alive but waiting for its data loader") in text, \
+            text[-4000:]
+        assert wait_for(lambda: not job_processes(mark), 30), job_processes(mark)

@@ -18,6 +18,7 @@ import sys, time
 from rsfm_ds.engine import liveness
 liveness.ORPHAN_GRACE_S = float(sys.argv[1])
 assert liveness.start_heartbeat(1, 2)
+liveness.mark_phase(sys.argv[2])  # published by the heartbeat thread at its next beat
 print("beating", flush=True)
 time.sleep(600)
 """
@@ -47,9 +48,9 @@ def rendezvous(monkeypatch):
     liveness.stop_heartbeat()
 
 
-def _start_rank_1(orphan_grace_s: float) -> subprocess.Popen:
-    """Rank 1 whose main thread is stuck (sleeping) while its heartbeat thread beats."""
-    return subprocess.Popen([sys.executable, "-c", BEATING_RANK_1, str(orphan_grace_s)], stdout=subprocess.PIPE,
+def _start_rank_1(orphan_grace_s: float, phase: str = "train") -> subprocess.Popen:
+    """Rank 1 whose main thread is stuck (sleeping) in ``phase`` while its heartbeat thread beats."""
+    return subprocess.Popen([sys.executable, "-c", BEATING_RANK_1, str(orphan_grace_s), phase], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
 
 
@@ -70,11 +71,26 @@ def test_a_stopped_rank_is_named_with_its_host_and_a_beating_one_is_not(rank_1):
     assert liveness.stalled_ranks(2, own_rank=0) is None  # both beat
     os.kill(rank_1.pid, signal.SIGSTOP)
     try:
-        assert liveness.stalled_ranks(2, own_rank=0) == f"rank 1 on {socket.gethostname()}"
+        assert liveness.stalled_ranks(2, own_rank=0) == f"rank 1 on {socket.gethostname()} stopped answering"
     finally:
         os.kill(rank_1.pid, signal.SIGCONT)
     time.sleep(1.5 * liveness.BEAT_INTERVAL_S)
     assert liveness.stalled_ranks(2, own_rank=0) is None
+
+
+def test_a_beating_rank_that_waits_for_its_data_loader_is_named(rendezvous):
+    proc = _start_rank_1(600, phase=liveness.WAITING_FOR_DATA)
+    try:
+        assert proc.stdout.readline().strip() == "beating"
+        assert liveness.start_heartbeat(0, 2)
+        time.sleep(1.5 * liveness.BEAT_INTERVAL_S)  # rank 1's phase published
+        assert liveness.stalled_ranks(2, own_rank=0) == \
+            f"rank 1 on {socket.gethostname()} is alive but waiting for its data loader"
+        # Seen from rank 1, rank 0 (beating, training) is not named.
+        assert liveness.stalled_ranks(2, own_rank=1) is None
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_a_store_that_does_not_answer_names_rank_0_on_the_master(monkeypatch):

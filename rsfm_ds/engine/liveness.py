@@ -16,9 +16,15 @@ the job ends on every host.
 When a collective times out, :func:`stalled_ranks` reads every rank's counter twice, a few beats
 apart: the ranks whose counter did not move are hung, named with their hosts. Counters, not
 clocks, so skew between hosts does not matter. When the store itself does not answer, rank 0's
-process (which serves it) is the hung one, on the master address's host. Heartbeats show that a
-process lives, not that its training thread moves: a rank stuck in its main thread beats on and is
-not named (the message then says that one of the ranks stopped, hung or died).
+process (which serves it) is the hung one, on the master address's host.
+
+Heartbeats show that a process lives, not that its training thread moves. So the training thread
+also marks where it is (:func:`mark_phase`: ``"data"`` while it waits for its data loader,
+``"train"`` otherwise; a variable, no I/O) and the heartbeat thread publishes a change under
+``rsfm/liveness/phase/<rank>``. When every rank beats, the survivors (inside a collective) name
+the ranks still waiting for their data: a stalled loader (a hung file system or network mount, a
+stopped worker). A rank stuck in its training thread elsewhere (a kernel) beats on and is not
+named (the message then says that one of the ranks stopped, hung or died).
 
 A beat costs one small store round trip per second per rank, in its own connection (its own
 timeout, never the process group's), and never touches the training thread.
@@ -43,6 +49,16 @@ _PREFIX = "rsfm/liveness"
 
 _thread: Optional[threading.Thread] = None
 _stop = threading.Event()
+# Where this rank's training thread is (mark_phase); the heartbeat thread publishes changes.
+_phase = "train"
+WAITING_FOR_DATA = "data"
+
+
+def mark_phase(phase: str) -> None:
+    """Note where the training thread is (``"data"``: waiting for its data loader; ``"train"``).
+    Costs an assignment; the heartbeat thread publishes it."""
+    global _phase
+    _phase = phase
 
 
 def _store():
@@ -56,11 +72,15 @@ def _store():
                          timeout=datetime.timedelta(seconds=_STORE_TIMEOUT_S))
 
 
-def _beat(store, rank: int) -> None:
+def _beat(store, rank: int, published: str) -> None:
     key = f"{_PREFIX}/beat/{rank}"
     while not _stop.wait(BEAT_INTERVAL_S):
         try:
             store.add(key, 1)
+            phase = _phase
+            if phase != published:
+                store.set(f"{_PREFIX}/phase/{rank}", phase)
+                published = phase
         except Exception:
             # The connection to rank 0's process broke: that process ended, or the network to it
             # failed; either ends the job. A rank whose training thread is healthy fails at its next
@@ -94,9 +114,11 @@ def start_heartbeat(rank: int, world: int) -> bool:
     if store is None:
         return False
     store.set(f"{_PREFIX}/host/{rank}", socket.gethostname())
+    phase = _phase
+    store.set(f"{_PREFIX}/phase/{rank}", phase)
     store.add(f"{_PREFIX}/beat/{rank}", 1)
     _stop.clear()
-    _thread = threading.Thread(target=_beat, args=(store, rank), name="rsfm-heartbeat", daemon=True)
+    _thread = threading.Thread(target=_beat, args=(store, rank, phase), name="rsfm-heartbeat", daemon=True)
     _thread.start()
     return True
 
@@ -145,10 +167,12 @@ def _within(seconds: float, fn):
 
 
 def stalled_ranks(world: int, own_rank: int, wait_s: Optional[float] = None) -> Optional[str]:
-    """Name the ranks whose heartbeat stopped, e.g. ``"rank 1 on hostb"``, waiting ``wait_s``
-    (default three beats) between two readings. When the store does not answer, names rank 0
-    (whose process serves it) on the master address. None when heartbeats do not run or every
-    rank beats. Returns within ``wait_s`` plus twice the store timeout."""
+    """Say which ranks hold the job up, e.g. ``"rank 1 on hostb stopped answering"``: those whose
+    heartbeat stopped between two readings ``wait_s`` apart (default three beats) or, when every
+    rank beats, those still waiting for their data loader (``"rank 1 on hostb is alive but waiting
+    for its data loader"``). When the store does not answer, names rank 0 (whose process
+    serves it) on the master address. None when heartbeats do not run or no rank can be named.
+    Returns within ``wait_s`` plus twice the store timeout."""
     if _thread is None:
         return None
     wait_s = BEAT_INTERVAL_S * _COMPARE_BEATS if wait_s is None else wait_s
@@ -158,14 +182,25 @@ def stalled_ranks(world: int, own_rank: int, wait_s: Optional[float] = None) -> 
         before = _counters(store, world)
         time.sleep(wait_s)
         after = _counters(store, world)
-        return {r: _host_of(store, r) for r in range(world) if r != own_rank and after[r] == before[r]}
+        others = [r for r in range(world) if r != own_rank]
+        stalled = [r for r in others if after[r] == before[r]]
+        if stalled:
+            return {r: _host_of(store, r) for r in stalled}, "stopped answering"
+        phases = [v.decode() for v in store.multi_get([f"{_PREFIX}/phase/{r}" for r in range(world)])]
+        waiting = [r for r in others if phases[r] == WAITING_FOR_DATA]
+        return {r: _host_of(store, r) for r in waiting}, "is alive but waiting for its data loader"
 
     try:
-        stalled = _within(wait_s + 2 * _STORE_TIMEOUT_S, read)
+        named, what = _within(wait_s + 2 * _STORE_TIMEOUT_S, read)
     except (TimeoutError, RuntimeError, OSError):  # the store's errors (DistError is a RuntimeError)
         return (f"rank 0 on {os.environ.get('MASTER_ADDR', '?')} (its process serves the rendezvous store, "
-                "which does not answer)")
-    return ", ".join(f"rank {r} on {host}" for r, host in stalled.items()) or None
+                "which does not answer) stopped answering")
+    if not named:
+        return None
+    if what == "stopped answering":
+        return ", ".join(f"rank {r} on {host}" for r, host in named.items()) + " stopped answering"
+    return ", ".join(f"rank {r} on {host} {what}" for r, host in named.items())
 
 
-__all__ = ["BEAT_INTERVAL_S", "ORPHAN_GRACE_S", "stalled_ranks", "start_heartbeat", "stop_heartbeat"]
+__all__ = ["BEAT_INTERVAL_S", "ORPHAN_GRACE_S", "WAITING_FOR_DATA", "mark_phase", "stalled_ranks",
+           "start_heartbeat", "stop_heartbeat"]

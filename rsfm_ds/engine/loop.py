@@ -26,7 +26,7 @@ from ..errors import CheckpointError, RunError, few
 from .checkpointing import CheckpointManager, rank_rng_state, resharded_position, resharded_seed
 from .deepspeed_setup import device_for, init_distributed, load_ds_config, reconcile_ds_config, zero_stage
 from .launcher_guard import lost_peer
-from .liveness import stalled_ranks, start_heartbeat, stop_heartbeat
+from .liveness import WAITING_FOR_DATA, mark_phase, stalled_ranks, start_heartbeat, stop_heartbeat
 from .metrics_log import TrainLogger
 from .state import TrainState, seed_all, set_rng_state
 
@@ -50,7 +50,7 @@ def collective_failure(error: BaseException, timeout_s: float) -> Optional[str]:
     if any(sign in text for sign in _TIMEOUT_SIGNS):
         # Heartbeats in the rendezvous store tell which rank stopped answering (liveness.py).
         hung = stalled_ranks(dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else None
-        who = f"{hung} stopped answering" if hung else "one of them stopped, hung or died"
+        who = hung or "one of them stopped, hung or died"
         return (f"{where}: a collective operation waited more than {timeout_s:g} s for the other ranks "
                 f"(train.collective_timeout_s): {who}")
     if any(sign in text for sign in _LOST_PEER_SIGNS):
@@ -257,13 +257,21 @@ class ThroughputWindow:
 
     def timed(self, iterable: Iterable[Any]) -> Iterator[Any]:
         """Yield from ``iterable``, adding the time spent waiting for each item to ``wait``."""
-        it = iter(iterable)
+        # A stalled loader (its workers, or starting them) is named on a collective timeout (liveness.py).
+        mark_phase(WAITING_FOR_DATA)
+        try:
+            it = iter(iterable)
+        finally:
+            mark_phase("train")
         while True:
             t0 = time.perf_counter()
+            mark_phase(WAITING_FOR_DATA)
             try:
                 item = next(it)
             except StopIteration:
                 return
+            finally:
+                mark_phase("train")
             self.wait += time.perf_counter() - t0
             yield item
 
