@@ -44,6 +44,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", default=None, choices=("pretrained", "scratch"),
                    help="with --pending: only the pretrained or only the scratch cells")
     p.add_argument("overrides", nargs="*", metavar="field=value", help="study config overrides")
+    # The mode flags as declared above, so that _mode cannot drift from them.
+    p.set_defaults(mode_flags=tuple((a.dest, a.option_strings[0]) for a in mode._group_actions))
     verb(p, run)
 
 
@@ -60,16 +62,11 @@ def _preset(cfg, preset: str, flag: str) -> str:
     return preset
 
 
-MODES = ("cell", "pretrain", "convert", "count", "list", "pending", "pending_presets", "pending_arrays",
-         "pending_pretrain", "prepare", "collect")
-
-
 def _mode(args: argparse.Namespace):
     """The mode flag given (as typed), or None for a local study."""
-    for name in MODES:
-        value = getattr(args, name)
-        if value is not None and value is not False:
-            return "--" + name.replace("_", "-")
+    for dest, flag in args.mode_flags:
+        if getattr(args, dest) not in (None, False):
+            return flag
     return None
 
 

@@ -238,7 +238,7 @@ def initialize(model: nn.Module, param_groups: List[Dict], ds_config: Dict[str, 
     import deepspeed
 
     ds = copy.deepcopy(ds_config)
-    if ds.pop(LEAF_BLOCKS_KEY, False) and zero_stage(ds) == 3:
+    if ds.pop(LEAF_BLOCKS_KEY, False):  # only one_rank_zero3 sets it, for ZeRO-3
         mark_leaf_blocks(model)
     opt = ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
     if str(opt.get("type", "")).lower() not in ("adamw", "adam"):

@@ -185,21 +185,16 @@ def stalled_ranks(world: int, own_rank: int, wait_s: Optional[float] = None) -> 
         others = [r for r in range(world) if r != own_rank]
         stalled = [r for r in others if after[r] == before[r]]
         if stalled:
-            return {r: _host_of(store, r) for r in stalled}, "stopped answering"
+            return ", ".join(f"rank {r} on {_host_of(store, r)}" for r in stalled) + " stopped answering"
         phases = [v.decode() for v in store.multi_get([f"{_PREFIX}/phase/{r}" for r in range(world)])]
-        waiting = [r for r in others if phases[r] == WAITING_FOR_DATA]
-        return {r: _host_of(store, r) for r in waiting}, "is alive but waiting for its data loader"
+        return ", ".join(f"rank {r} on {_host_of(store, r)} is alive but waiting for its data loader"
+                         for r in others if phases[r] == WAITING_FOR_DATA) or None
 
     try:
-        named, what = _within(wait_s + 2 * _STORE_TIMEOUT_S, read)
+        return _within(wait_s + 2 * _STORE_TIMEOUT_S, read)
     except (TimeoutError, RuntimeError, OSError):  # the store's errors (DistError is a RuntimeError)
         return (f"rank 0 on {os.environ.get('MASTER_ADDR', '?')} (its process serves the rendezvous store, "
                 "which does not answer) stopped answering")
-    if not named:
-        return None
-    if what == "stopped answering":
-        return ", ".join(f"rank {r} on {host}" for r, host in named.items()) + " stopped answering"
-    return ", ".join(f"rank {r} on {host} {what}" for r, host in named.items())
 
 
 __all__ = ["BEAT_INTERVAL_S", "ORPHAN_GRACE_S", "WAITING_FOR_DATA", "mark_phase", "stalled_ranks",
