@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rsfm_ds.engine.process_end import finish_process  # noqa: E402
+
 
 def matmul_peak_tflops(dtype_name: str = "bf16", n: int = 2048, repeats: int = 5) -> float:
     """Dense matmul TFLOP/s of this process on its device (the practical peak for MFU on CPU)."""
@@ -177,7 +179,7 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         worker(args)
-        return
+        finish_process(0)  # without the teardown that can abort a rank
     rows = [run_preset(name, args) for name in args.presets.split(",")]
     print(f"MAE pretraining, 224 px, bf16, fused attention, activation checkpointing, "
           f"{args.ranks} device(s)")

@@ -42,6 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rsfm_ds.engine.process_end import finish_process  # noqa: E402
 from rsfm_ds.models.mae import create_mae, mae_train_flops  # noqa: E402
 
 
@@ -221,7 +222,7 @@ def main() -> None:
     args.ds_config = args.ds_config[0]
     if args.worker:
         worker(args)
-        return
+        finish_process(0)  # without the teardown that can abort a rank
 
     flops = mae_train_flops(args.preset, args.img_size)
     z = zero3(args)

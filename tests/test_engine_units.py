@@ -206,3 +206,36 @@ def test_detection_fraction_keeps_whole_source_images_and_nests():
         assert len(by_source) == int(np.ceil(fraction * 40))
         sources[fraction] = set(by_source)
     assert sources[0.1] < sources[0.25] < sources[1.0]
+
+
+def test_finish_process_ends_as_a_normal_exit_would(tmp_path):
+    """A rank's process ends through finish_process: its status, non-daemon threads finished,
+    atexit handlers run, buffered output written; the interpreter's teardown (module finalizers)
+    skipped."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "rank.py"
+    script.write_text(textwrap.dedent(f"""
+        import atexit, sys, threading, time
+        from rsfm_ds.engine.process_end import finish_process
+
+        class Finalized:
+            def __del__(self):
+                sys.stdout.write(" teardown")
+
+        # Reachable to the end: finalized by the interpreter's teardown only, which is skipped.
+        kept = Finalized()
+        atexit.register(lambda: open({str(tmp_path / 'atexit')!r}, "w").write("ran"))
+        worker = threading.Thread(target=lambda: (time.sleep(0.3), open({str(tmp_path / 'thread')!r}, "w").write("done")))
+        worker.start()
+        sys.stdout.write("unflushed result")
+        finish_process(3)
+        print("not reached")
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 3, out.stderr
+    assert out.stdout == "unflushed result"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").read_text() == "done"

@@ -207,5 +207,8 @@ def test_running_statistics_stay_equal_across_ranks_under_zero2(tmp_path):
 
 
 if __name__ == "__main__":  # one rank of a distributed test: WORKER RANK PORT OUT_DIR
+    from rsfm_ds.engine.process_end import finish_process
+
     {"batchnorm": _worker, "deepspeed": _deepspeed_worker}[sys.argv[1]](int(sys.argv[2]), int(sys.argv[3]),
                                                                          sys.argv[4])
+    finish_process(0)  # without the interpreter's teardown, which can abort a rank

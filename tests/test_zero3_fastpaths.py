@@ -127,4 +127,7 @@ def test_training_with_the_shortcuts_equals_deepspeed_bit_for_bit(ranks, tmp_pat
 
 
 if __name__ == "__main__":
+    from rsfm_ds.engine.process_end import finish_process
+
     worker(Path(sys.argv[1]))
+    finish_process(0)  # without the interpreter's teardown, which can abort a rank

@@ -161,4 +161,7 @@ def test_same_seed_same_model_whatever_the_global_generator():
 
 
 if __name__ == "__main__":
+    from rsfm_ds.engine.process_end import finish_process
+
     worker(Path(sys.argv[1]))
+    finish_process(0)  # without the interpreter's teardown, which can abort a rank

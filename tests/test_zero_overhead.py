@@ -112,4 +112,7 @@ def test_one_rank_zero3_step_equals_a_plain_adamw_step(grad_ckpt):
 
 
 if __name__ == "__main__":
+    from rsfm_ds.engine.process_end import finish_process
+
     worker(bool(int(sys.argv[1])))
+    finish_process(0)  # without the interpreter's teardown, which can abort a rank

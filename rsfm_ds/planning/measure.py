@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
 from ..engine.launcher_guard import tied_child
+from ..engine.process_end import finish_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -195,9 +196,7 @@ def worker(args: argparse.Namespace) -> None:
         (Path(args.out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
     else:
         print(json.dumps(result), flush=True)
-    # Leave together: a rank that exits while a peer's ZeRO-3 collectives are still in flight
-    # makes the peer's gloo thread abort the process ("terminate called without an active
-    # exception", seen once in CI after both ranks had reported).
+    # Leave together: a rank must not exit while a peer's ZeRO-3 collectives are still in flight.
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
@@ -321,3 +320,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 if __name__ == "__main__":
     main()
+    # Without the interpreter's teardown, which can abort a rank after it reported
+    # ("terminate called without an active exception"): rsfm_ds.engine.process_end.
+    finish_process(0)
