@@ -157,8 +157,11 @@ def test_seg_scene_of_one_tile_equals_a_plain_forward(models, tmp_path):
 def test_seg_pixels_of_one_tile_equal_that_tiles_forward(models, tmp_path):
     loaded = _loaded("seg", models)
     scene = _crop(RGBN, tmp_path / "two.tif", 100, 64)  # tiles at columns 0 and 36, overlap 28
+    bands = []  # the probability sink's calls: (top, rows)
     got = predict_scene_segmentation(loaded, check_input(scene, None, IMAGENET_RAW, 3), 5, tile=64, overlap=28,
-                                     probabilities=True)
+                                     probabilities=lambda top, rows: bands.append((top, rows)))
+    assert [top for top, _ in bands] == [0] and bands[0][1].shape == (5, 64, 100)
+    probabilities = bands[0][1]
     x = _normalised(scene)
     with torch.no_grad():
         tiles = loaded.model.logits(torch.cat([x[..., :64], x[..., 36:]]))
@@ -170,8 +173,8 @@ def test_seg_pixels_of_one_tile_equal_that_tiles_forward(models, tmp_path):
     # Held as the file holds them: x 255, rounded (within one step where float rounding of the
     # average puts a value on a rounding boundary).
     want = np.rint(torch.softmax(shared, 0).numpy() * 255)
-    assert got.probabilities.dtype == np.uint8
-    assert np.abs(got.probabilities[:, :, 36:64].astype(np.int64) - want).max() <= 1
+    assert probabilities.dtype == np.uint8
+    assert np.abs(probabilities[:, :, 36:64].astype(np.int64) - want).max() <= 1
 
 
 @pytest.mark.parametrize("size,tile,overlap", [((150, 130), 64, 16), ((40, 50), 64, 0)])
@@ -179,11 +182,22 @@ def test_seg_tiles_equal_the_evaluations_sliding_window(models, tmp_path, size, 
     # Several rows of tiles (the band-by-band averaging) and a scene smaller than a tile (padding).
     loaded = _loaded("seg", models)
     scene = _crop(RGBN, tmp_path / "s.tif", *size)
+    bands = []
     got = predict_scene_segmentation(loaded, check_input(scene, None, IMAGENET_RAW, 3), 5, tile=tile,
-                                     overlap=overlap, batch_size=3)
+                                     overlap=overlap, batch_size=3,
+                                     probabilities=lambda top, rows: bands.append((top, rows)))
     with torch.no_grad():
         want = sliding_window_inference(loaded.model.logits, _normalised(scene), 5, crop=tile, stride=tile - overlap)
     assert np.array_equal(got.mask, want.argmax(1)[0].numpy())
+    # The probabilities arrive band by band, top to bottom, each row once, as the whole-image
+    # softmax x 255 (within one rounding step).
+    tops = [top for top, _ in bands]
+    assert tops[0] == 0 and tops == sorted(set(tops))
+    assert [top + rows.shape[1] for top, rows in bands[:-1]] == tops[1:]
+    assert len(bands) == 1 if size[1] <= tile else len(bands) >= 2  # size: (width, height)
+    streamed = np.concatenate([rows for _, rows in bands], axis=1)
+    assert streamed.shape == (5,) + size[::-1] and streamed.dtype == np.uint8
+    assert np.abs(streamed.astype(np.int64) - np.rint(torch.softmax(want[0], 0).numpy() * 255)).max() <= 1
 
 
 def test_png_input_gives_a_png_mask_and_pixel_geojson(models, tmp_path):

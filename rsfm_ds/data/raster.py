@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, writing
 from .images import IMAGENET_MEAN, IMAGENET_STD, read_rgb
 
 PathLike = Union[str, Path]
@@ -228,34 +228,110 @@ def read_raster(path: PathLike, window: Optional[Tuple[int, int, int, int]] = No
     return image
 
 
+GEOTIFF_BLOCK = 256
+"""Tile side of the GeoTIFFs written here: a GIS reads a window without decoding whole rows."""
+
+
+class GeoTiffRowWriter:
+    """A tiled, compressed GeoTIFF written top to bottom, a band of rows at a time, so a
+    scene-sized output never has to be held whole (``with`` block).
+
+    The file gets ``georef``'s CRS and transform, ``nodata`` and the band descriptions
+    ``band_names``; GDAL writes a BigTIFF where the data could pass 4 GiB. It is written under a
+    hidden temporary name and renamed when the ``with`` block ends without an exception, every
+    row written; on an exception the temporary file is removed, so a file under ``path`` is always
+    complete. Rows are passed on to GDAL in whole rows of tiles (:data:`GEOTIFF_BLOCK`), so every
+    compressed tile is encoded once, whatever the bands' heights: at most ``count x (block + band
+    height) x width`` values are held.
+
+    Args:
+        path: the file to write.
+        count, height, width: bands and size of the image.
+        dtype: the pixels' numpy data type.
+    """
+
+    def __init__(self, path: PathLike, count: int, height: int, width: int, dtype, georef: Georef = Georef(),
+                 nodata: Optional[float] = None, band_names: Sequence[str] = (), compress: str = "deflate"):
+        self.path = Path(path)
+        self.count, self.height, self.width = count, height, width
+        self.dtype = np.dtype(dtype)
+        self.band_names = tuple(band_names)
+        crs, transform = georef.to_rasterio()
+        self.profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=self.dtype.name,
+                            compress=compress, nodata=nodata, bigtiff="IF_SAFER", tiled=True,
+                            blockxsize=GEOTIFF_BLOCK, blockysize=GEOTIFF_BLOCK)
+        if crs is not None:
+            self.profile["crs"] = crs
+        if transform is not None:
+            self.profile["transform"] = transform
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.rows_received = 0  # rows given to write_rows
+        self.rows_written = 0  # rows passed on to GDAL
+        self._pending = []
+        self._dst = None
+
+    def __enter__(self) -> "GeoTiffRowWriter":
+        import rasterio
+
+        with writing(self.path):
+            self._dst = rasterio.open(self.tmp, "w", **self.profile)
+        return self
+
+    def write_rows(self, top: int, rows: np.ndarray) -> None:
+        """Write ``rows [count, n, width]`` (or ``[n, width]`` for one band) at scene rows
+        ``[top, top + n)``; bands come in order, each starting where the previous one ended."""
+        rows = rows[None] if rows.ndim == 2 else rows
+        if top != self.rows_received or rows.shape[0] != self.count or rows.shape[2] != self.width:
+            raise ValueError(f"{self.path}: rows [{self.count}, n, {self.width}] at row {self.rows_received} "
+                             f"expected, got {list(rows.shape)} at row {top}")
+        if top + rows.shape[1] > self.height:
+            raise ValueError(f"{self.path}: rows up to {top + rows.shape[1]} passed the height {self.height}")
+        self._pending.append(rows.astype(self.dtype, copy=False))
+        self.rows_received += rows.shape[1]
+        ready = self.rows_received if self.rows_received == self.height else \
+            self.rows_received // GEOTIFF_BLOCK * GEOTIFF_BLOCK
+        if ready > self.rows_written:
+            self._flush(ready)
+
+    def _flush(self, until: int) -> None:
+        """Pass rows ``[rows_written, until)`` on to GDAL; keep the rest pending."""
+        from rasterio.windows import Window
+
+        pending = np.concatenate(self._pending, axis=1) if len(self._pending) > 1 else self._pending[0]
+        n = until - self.rows_written
+        with writing(self.path):
+            self._dst.write(pending[:, :n], window=Window(0, self.rows_written, self.width, n))
+        self._pending = [pending[:, n:]] if pending.shape[1] > n else []
+        self.rows_written = until
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            with writing(self.path):
+                if exc_type is None:
+                    if self.rows_received != self.height:
+                        raise ValueError(f"{self.path}: {self.rows_received} of {self.height} rows written")
+                    for i, name in enumerate(self.band_names, start=1):
+                        self._dst.set_band_description(i, name)
+                self._dst.close()
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        if exc_type is None:
+            self.tmp.replace(self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
 def write_geotiff(path: PathLike, array: np.ndarray, georef: Georef = Georef(), nodata: Optional[float] = None,
                   band_names: Sequence[str] = (), compress: str = "deflate") -> Path:
     """Write ``array`` (``[C, H, W]`` or ``[H, W]``) to a tiled, compressed GeoTIFF with ``georef``'s
-    CRS and transform (a BigTIFF where the data could pass 4 GiB).
-
-    Written to a temporary name and renamed, so a file under ``path`` is always complete.
-    """
-    import rasterio
-
-    path = Path(path)
+    CRS and transform (:class:`GeoTiffRowWriter`: a BigTIFF where the data could pass 4 GiB;
+    written to a temporary name and renamed, so a file under ``path`` is always complete)."""
     data = array[None] if array.ndim == 2 else array
-    crs, transform = georef.to_rasterio()
-    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                   dtype=data.dtype.name, compress=compress, nodata=nodata,
-                   # A scene-sized mask or K-band probabilities can pass 4 GiB: GDAL then writes a
-                   # BigTIFF. 256 px tiles let a GIS read a window without decoding whole rows.
-                   bigtiff="IF_SAFER", tiled=True, blockxsize=256, blockysize=256)
-    if crs is not None:
-        profile["crs"] = crs
-    if transform is not None:
-        profile["transform"] = transform
-    tmp = path.with_name(f".{path.name}.tmp")
-    with rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(data)
-        for i, name in enumerate(band_names, start=1):
-            dst.set_band_description(i, name)
-    tmp.replace(path)
-    return path
+    with GeoTiffRowWriter(path, data.shape[0], data.shape[1], data.shape[2], data.dtype, georef, nodata,
+                          band_names, compress) as out:
+        out.write_rows(0, data)
+    return Path(path)
 
 
 def valid_mask(pixels: np.ndarray, nodata: Optional[float]) -> np.ndarray:
@@ -304,5 +380,5 @@ IMAGENET_RAW = BandNormalization(tuple(255.0 * m for m in IMAGENET_MEAN), tuple(
 """ImageNet's RGB statistics in 8-bit units: the normalisation of 8-bit RGB imagery."""
 
 
-__all__ = ["Georef", "RasterInfo", "raster_info", "read_raster", "write_geotiff", "valid_mask", "BandNormalization",
-           "IMAGENET_RAW", "RASTER_SUFFIXES", "RASTERIO_SUFFIXES", "OPENCV_SUFFIXES"]
+__all__ = ["Georef", "RasterInfo", "raster_info", "read_raster", "GEOTIFF_BLOCK", "GeoTiffRowWriter",
+           "write_geotiff", "valid_mask", "BandNormalization", "IMAGENET_RAW", "RASTER_SUFFIXES", "RASTERIO_SUFFIXES", "OPENCV_SUFFIXES"]

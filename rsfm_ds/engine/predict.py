@@ -37,9 +37,10 @@ from ..data.det.dataset import SIZE_DIVISOR
 from ..data.raster import (RASTER_SUFFIXES, RASTERIO_SUFFIXES, BandNormalization, RasterInfo, raster_info,
                            read_raster, valid_mask)
 from ..errors import ConfigError, DataError, check_output_is_not_input
-from ..evaluation.scene_outputs import (detections_geojson, dota_lines, mask_path, write_mask,
-                                         write_json_atomic, write_probabilities, write_text_atomic)
-from ..evaluation.scene_tiling import BandAverager, TileGrid, boxes_to_scene, merge_tile_detections
+from ..evaluation.scene_outputs import (detections_geojson, dota_lines, mask_path, probabilities_writer,
+                                         write_json_atomic, write_mask, write_text_atomic)
+from ..evaluation.scene_tiling import (BandAverager, ProbabilitySink, TileGrid, boxes_to_scene,
+                                      merge_tile_detections)
 from ..evaluation.sliding_window import sliding_window_inference
 from ..ops.box_geometry import box_to_polygon
 from .inference import InferenceOptions, LoadedModel
@@ -316,21 +317,22 @@ class SceneSegmentation:
 
     Attributes:
         mask: ``uint8 [H, W]`` class indices, :data:`NODATA_CLASS` on nodata pixels.
-        probabilities: ``uint8 [K, H, W]`` softmax of the averaged logits x 255, rounded, when asked
-            for (what ``<stem>_probs.tif`` holds).
         tiles: tiles run.
     """
 
     mask: np.ndarray
-    probabilities: Optional[np.ndarray]
     tiles: int
 
 
 @torch.no_grad()
 def predict_scene_segmentation(loaded: LoadedModel, scene: SceneInput, num_classes: int, tile: int, overlap: int,
-                               batch_size: int = 4, probabilities: bool = False,
+                               batch_size: int = 4, probabilities: Optional[ProbabilitySink] = None,
                                progress: bool = False) -> SceneSegmentation:
-    """UperNet over ``scene`` in tiles, logits averaged where tiles overlap (module docstring)."""
+    """UperNet over ``scene`` in tiles, logits averaged where tiles overlap (module docstring).
+
+    ``probabilities``: receives the softmax of the averaged logits x 255 (uint8, what
+    ``<stem>_probs.tif`` holds) a band of finished rows at a time, top to bottom (nodata pixels
+    included: the mask marks them)."""
     info = scene.info
     # uint8 mask with NODATA_CLASS (255) reserved: class indices must stay below it.
     check(1 <= num_classes <= NODATA_CLASS, "num_classes",
@@ -347,9 +349,9 @@ def predict_scene_segmentation(loaded: LoadedModel, scene: SceneInput, num_class
             col, row, w, h = grid.window(origin)
             acc.add(out[:, :h, :w], col, row, w, h)
             valid[row:row + h, col:col + w] |= m
-    mask, probs = acc.result()
+    mask = acc.result()
     mask[~valid] = NODATA_CLASS
-    return SceneSegmentation(mask, probs, len(grid))
+    return SceneSegmentation(mask, len(grid))
 
 
 # ---------------------------------------------------------------------------- files
@@ -447,7 +449,7 @@ def _write_outputs(task_name: str, scene: SceneInput, result, classes: Sequence[
             write_json_atomic(path, detections_geojson(result.polygons, result.labels, result.scores, classes,
                                                        georef, name=scene.path.stem), indent=None)
         elif kind == "probs":
-            write_probabilities(path, result.probabilities, georef, classes)
+            continue  # written while predicting (predict_files)
         else:
             write_mask(path.with_suffix(""), result.mask, georef,
                        NODATA_CLASS if scene.info.nodata is not None else None, classes)
@@ -533,9 +535,15 @@ def predict_files(task_name: str, config: PathLike, weights: PathLike, inputs: S
             result = predict_scene_detections(loaded, scene, tile, overlap, options.batch_size, options.iou_thr,
                                               options.progress)
             record["detections_before_merge"] = result.before_merge
+        elif "probs" in todo:
+            # Written as the rows are finished, renamed into place only when the scene completes.
+            with probabilities_writer(todo["probs"], len(classes), info.height, info.width, info.georef,
+                                      classes) as probs:
+                result = predict_scene_segmentation(loaded, scene, len(classes), tile, overlap,
+                                                    options.batch_size, probs.write_rows, options.progress)
         else:
             result = predict_scene_segmentation(loaded, scene, len(classes), tile, overlap, options.batch_size,
-                                                options.probabilities, options.progress)
+                                                progress=options.progress)
         seconds = time.perf_counter() - t0
         _write_outputs(task_name, scene, result, classes, todo, options)
         mpx = info.width * info.height / 1e6

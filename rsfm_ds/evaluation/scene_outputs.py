@@ -16,6 +16,8 @@ for done). Formats (docs/predict.md):
   georeference: pixel coordinates, ``"coordinates": "pixel"`` on the collection and every feature.
 * ``<stem>.tif`` (georeferenced) or ``<stem>.png`` (not): the class index mask, uint8; the GeoTIFF
   keeps the scene's CRS and transform and declares the no-data value when the scene has one.
+* ``<stem>_probs.tif``: class probabilities x 255 (uint8), one band per class, written row band
+  by row band as the prediction finishes them (never held for the whole scene).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 
 from ..data.images import write_image
-from ..data.raster import Georef, write_geotiff
+from ..data.raster import Georef, GeoTiffRowWriter, write_geotiff
 from ..errors import DataError, writing
 
 PathLike = Union[str, Path]
@@ -134,14 +136,14 @@ def quantize_probabilities(probabilities: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(probabilities * 255.0), 0, 255).astype(np.uint8)
 
 
-def write_probabilities(path: PathLike, probabilities: np.ndarray, georef: Georef,
-                        class_names: Sequence[str]) -> Path:
-    """Class probabilities ``[K, H, W]`` as a K-band GeoTIFF (band descriptions: the class names),
-    uint8 x 255 (:func:`quantize_probabilities`; a ``uint8`` array is taken as already quantized)."""
-    data = probabilities if probabilities.dtype == np.uint8 else quantize_probabilities(probabilities)
-    with writing(path):
-        return write_geotiff(path, data, georef, band_names=tuple(class_names))
+def probabilities_writer(path: PathLike, num_classes: int, height: int, width: int, georef: Georef,
+                         class_names: Sequence[str]) -> GeoTiffRowWriter:
+    """The writer of ``<stem>_probs.tif``: class probabilities as a K-band uint8 GeoTIFF (x 255,
+    :func:`quantize_probabilities`; band descriptions: the class names), written a band of rows
+    at a time as the scene's rows are finished (its ``write_rows`` is a
+    :data:`~rsfm_ds.evaluation.scene_tiling.ProbabilitySink`); use it as a ``with`` block."""
+    return GeoTiffRowWriter(path, num_classes, height, width, np.uint8, georef, band_names=tuple(class_names))
 
 
 __all__ = ["write_text_atomic", "write_json_atomic", "dota_lines", "geojson_crs", "detections_geojson",
-           "mask_path", "write_mask", "quantize_probabilities", "write_probabilities"]
+           "mask_path", "write_mask", "quantize_probabilities", "probabilities_writer"]

@@ -19,7 +19,7 @@ its best-scoring box. Segmentation logits of overlapping tiles are averaged per 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -95,6 +95,11 @@ def merge_tile_detections(boxes: torch.Tensor, scores: torch.Tensor, labels: tor
     return batched_nms_rotated(boxes.float(), scores.float(), labels, iou_thr)
 
 
+ProbabilitySink = Callable[[int, np.ndarray], None]
+"""Receives finished rows of class probabilities: ``(top, uint8 [K, n, W])`` for scene rows
+``[top, top + n)``, top to bottom (e.g. :meth:`~rsfm_ds.data.raster.GeoTiffRowWriter.write_rows`)."""
+
+
 class BandAverager:
     """Logits of overlapping tiles averaged per pixel (sum / tiles covering it), then argmax, with
     only one band of rows held: ``K x tile x width`` sums, whatever the scene's height.
@@ -108,18 +113,20 @@ class BandAverager:
         num_classes: K.
         height, width: the scene's size.
         tile: tile side (the band's height).
-        probabilities: also keep the softmax of the averaged logits for every pixel, as ``uint8``
-            x 255 (:func:`~rsfm_ds.evaluation.scene_outputs.quantize_probabilities`, what the
-            probabilities GeoTIFF holds): ``K x H x W`` bytes, a quarter of float32's.
+        probabilities: also pass the softmax of the averaged logits of finished rows on to this
+            sink, as ``uint8`` x 255
+            (:func:`~rsfm_ds.evaluation.scene_outputs.quantize_probabilities`, what the
+            probabilities GeoTIFF holds), so they need not be held for the whole scene.
     """
 
-    def __init__(self, num_classes: int, height: int, width: int, tile: int, probabilities: bool = False):
+    def __init__(self, num_classes: int, height: int, width: int, tile: int,
+                 probabilities: Optional[ProbabilitySink] = None):
         self.k, self.h, self.w, self.tile = num_classes, height, width, tile
         self.top = 0  # scene row of the band's first row
         self.sum = torch.zeros(num_classes, min(tile, height), width)
         self.count = torch.zeros(min(tile, height), width)
         self.mask = np.zeros((height, width), dtype=np.uint8)
-        self.probs = np.zeros((num_classes, height, width), dtype=np.uint8) if probabilities else None
+        self.probabilities = probabilities
 
     def add(self, logits: torch.Tensor, col: int, row: int, w: int, h: int) -> None:
         """Add a tile's logits ``float32 [K, h, w]`` at scene ``(col, row)``."""
@@ -134,8 +141,8 @@ class BandAverager:
         n = until - self.top
         avg = self.sum[:, :n] / self.count[:n]
         self.mask[self.top:until] = avg.argmax(dim=0).to(torch.uint8).numpy()
-        if self.probs is not None:
-            self.probs[:, self.top:until] = quantize_probabilities(torch.softmax(avg, dim=0).numpy())
+        if self.probabilities is not None:
+            self.probabilities(self.top, quantize_probabilities(torch.softmax(avg, dim=0).numpy()))
         rows = min(self.tile, self.h - until)
         keep = self.sum.shape[1] - n
         fresh = torch.zeros(self.k, rows, self.w)
@@ -144,11 +151,11 @@ class BandAverager:
         fresh_count[:keep] = self.count[n:]
         self.sum, self.count, self.top = fresh, fresh_count, until
 
-    def result(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """``(uint8 [H, W] argmax of the averaged logits, uint8 [K, H, W] softmax x 255 or None)``;
-        call once every tile has been added."""
+    def result(self) -> np.ndarray:
+        """``uint8 [H, W]``: the argmax of the averaged logits; call once every tile has been
+        added (the last rows' probabilities go to the sink then)."""
         self._finish(self.h)
-        return self.mask, self.probs
+        return self.mask
 
 
-__all__ = ["TileGrid", "BandAverager", "boxes_to_scene", "merge_tile_detections"]
+__all__ = ["TileGrid", "ProbabilitySink", "BandAverager", "boxes_to_scene", "merge_tile_detections"]
