@@ -12,9 +12,9 @@ from rsfm_ds.cli import main
 from rsfm_ds.data.det.dota import (DOTA_V2_CLASSES, AnnotationError, Detections, load_dota_labels,
                                    parse_dota_label, read_task1_dir, write_task1_dir)
 from rsfm_ds.data.det.merge import merge_detections, merge_dota, nms_per_image, patch_to_image
-from rsfm_ds.data.det.split import (SplitConfig, crop_window, format_patch_name, parse_patch_name,
-                                    resize_by_rate, sliding_windows, split_annotation,
-                                    split_dota)
+from rsfm_ds.data.det.split import (SplitConfig, format_patch_name, parse_patch_name, sliding_windows,
+                                    split_annotation, split_dota)
+from rsfm_ds.data.det.split_pixels import crop_window, resize_by_rate
 from rsfm_ds.data.synth.detection import synth_dota
 from rsfm_ds.errors import DataError
 

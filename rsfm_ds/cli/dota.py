@@ -33,12 +33,14 @@ def _split(sub: argparse._SubParsersAction) -> None:
                         "IoF > this, else it is written as 2; mmrotate: an object is written when IoF >= this "
                         "(default 0.7)")
     p.add_argument("--pad-value", type=int, nargs=3, default=None, metavar=("B", "G", "R"),
-                   help="colour of the padding past the image border (default: the rule's, devkit 0 0 0, "
-                        "mmrotate 104 116 124)")
+                   help="colour of the padding past the border of 8-bit images (default: the rule's, devkit "
+                        "0 0 0, mmrotate 104 116 124); raster scenes are padded with their nodata value or 0")
     p.add_argument("--img-rate-thr", type=float, default=0.6,
                    help="mmrotate: drop windows with no more than this share inside the image (default 0.6)")
     p.add_argument("--ext", default=".png", choices=[".png", ".jpg", ".bmp", ".tif"],
-                   help="patch image format (default .png)")
+                   help="patch format of 8-bit images (default .png); raster scenes (GeoTIFF that is "
+                        "georeferenced, multi-band or not uint8) give GeoTIFF patches with their bands, "
+                        "data type and georeference")
     p.add_argument("--dataset", default="dota2", choices=DOTA_VERSIONS,
                    help="class list the labels are checked against (default dota2)")
     add_classes_argument(p, "the names the labels are checked against")

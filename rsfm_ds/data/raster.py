@@ -67,6 +67,15 @@ class Georef:
         a, b, c, d, e, f = self.transform
         return Georef(self.crs, (a, b, a * col_off + b * row_off + c, d, e, d * col_off + e * row_off + f))
 
+    def resized(self, rate: float) -> "Georef":
+        """The georeference of this raster resized by ``rate`` (``cv2.resize(fx=fy=rate)``: the
+        new pixel grid's corners are the old ones times ``rate``), so each pixel covers
+        ``1 / rate`` times the ground along each axis."""
+        if self.transform is None or rate == 1.0:
+            return self
+        a, b, c, d, e, f = self.transform
+        return Georef(self.crs, (a / rate, b / rate, c, d / rate, e / rate, f))
+
     def to_json(self) -> dict:
         return {"crs": self.crs, "transform": list(self.transform) if self.transform else None}
 
@@ -256,6 +265,8 @@ class GeoTiffRowWriter:
         self.count, self.height, self.width = count, height, width
         self.dtype = np.dtype(dtype)
         self.band_names = tuple(band_names)
+        if self.band_names and len(self.band_names) != count:
+            raise ValueError(f"{self.path}: {len(self.band_names)} band names for {count} bands")
         crs, transform = georef.to_rasterio()
         self.profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=self.dtype.name,
                             compress=compress, nodata=nodata, bigtiff="IF_SAFER", tiled=True,

@@ -66,14 +66,13 @@ from .augment import RandomRotate, hflip_boxes, rot90_boxes, scale_boxes, vflip_
 from .dior import image_path as dior_image_path
 from .dior import load_dior_annotations, read_image_set
 from .dota import DotaAnnotation, parse_dota_label
-from .split import IMAGE_EXTENSIONS
+from .split import SCENE_SUFFIXES
 from ..bands import InputBands
 from ..images import read_rgb
-from ..raster import RASTERIO_SUFFIXES
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
-FOLDER_IMAGE_SUFFIXES = tuple(IMAGE_EXTENSIONS) + tuple(s for s in RASTERIO_SUFFIXES if s not in IMAGE_EXTENSIONS)
+FOLDER_IMAGE_SUFFIXES = SCENE_SUFFIXES
 """Image files of a DOTA-format folder: DOTA's own (PNG, JPEG, BMP, TIFF) and any raster GDAL reads."""
 SIZE_DIVISOR = 32
 """Batches are padded to a multiple of the coarsest RoI stride (mmrotate's ``Pad``)."""

@@ -30,6 +30,10 @@ at the border (one window at 0 when the side is not longer than the window), col
 image's ``imagesource`` header and ``gsd / rate`` for a resized patch. Names are parsed back by
 :func:`parse_patch_name`, which tells the two apart (a rate is a decimal or below
 :data:`MIN_NAMED_SIZE`; a window side is an integer from it up).
+
+Pixels (:mod:`.split_pixels`): 8-bit images are read, padded and written as the references do;
+raster scenes (GeoTIFFs that are georeferenced, multi-band or not 8-bit) give GeoTIFF patches
+with their bands, data type, nodata value and georeference.
 """
 from __future__ import annotations
 
@@ -40,17 +44,19 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 
 from ...errors import ConfigError, DataError, check_output_is_not_input
-from ..images import read_bgr, write_image
+from ..raster import RASTERIO_SUFFIXES
 from ..tiling import window_starts
 from .dota import DOTA_V2_CLASSES, DotaAnnotation, parse_dota_label, write_dota_label
+from .split_pixels import open_split_image
 from .split_rules import WindowObjects, devkit_window_objects, mmrotate_window_objects, self_intersecting
 
 PathLike = Union[str, Path]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+SCENE_SUFFIXES = IMAGE_EXTENSIONS + tuple(s for s in RASTERIO_SUFFIXES if s not in IMAGE_EXTENSIONS)
+"""Images a DOTA-format folder may hold: the DOTA formats and every raster format read through GDAL."""
 SplitRule = Literal["devkit", "mmrotate"]
 SPLIT_RULES: Tuple[str, ...] = ("devkit", "mmrotate")
 RULE_PAD_VALUES: Dict[str, Tuple[int, int, int]] = {"devkit": (0, 0, 0), "mmrotate": (104, 116, 124)}
@@ -78,11 +84,13 @@ class SplitConfig:
         iof_thr: devkit: a cut object keeps its difficulty when ``IoF > iof_thr``, else it is
             written with difficulty 2; mmrotate: an object is written when ``IoF >= iof_thr``.
             ``IoF`` = area of the object inside the window / its area. Both references: 0.7.
-        pad_value: B, G, R colour of the padding of windows reaching past the image; None: the
-            rule's (:data:`RULE_PAD_VALUES`).
+        pad_value: B, G, R colour of the padding of windows reaching past an 8-bit image; None:
+            the rule's (:data:`RULE_PAD_VALUES`). Raster scenes are padded with their nodata value
+            or 0 (:mod:`.split_pixels`).
         img_rate_thr: mmrotate only: windows whose share inside the image is not above this
             are dropped (mmrotate's ``img_rate_thr``, 0.6).
-        ext: patch image format: ``.png`` (lossless, default), ``.jpg``, ``.bmp`` or ``.tif``.
+        ext: patch format of 8-bit images: ``.png`` (lossless, default), ``.jpg``, ``.bmp`` or
+            ``.tif``; raster scenes give GeoTIFF patches (:mod:`.split_pixels`).
     """
 
     rule: SplitRule = "devkit"
@@ -334,24 +342,6 @@ def split_annotation(ann: Optional[DotaAnnotation], image_id: str, width: int, h
     return patches
 
 
-def crop_window(image: np.ndarray, window: Sequence[int], pad_value: Sequence[int]) -> np.ndarray:
-    """``image[y0:y1, x0:x1]`` of ``[H, W, 3]``, padded with ``pad_value`` past the border."""
-    x0, y0, x1, y1 = window
-    out = np.empty((y1 - y0, x1 - x0, image.shape[2]), dtype=image.dtype)
-    out[...] = np.asarray(pad_value, dtype=image.dtype)
-    part = image[y0:y1, x0:x1]
-    out[:part.shape[0], :part.shape[1]] = part
-    return out
-
-
-def resize_by_rate(image: np.ndarray, rate: float) -> np.ndarray:
-    """Resize by ``rate`` with bicubic interpolation (the devkit's), the identity for rate 1.
-    The result is :func:`scaled_size`."""
-    if rate == 1.0:
-        return image
-    return cv2.resize(image, None, fx=rate, fy=rate, interpolation=cv2.INTER_CUBIC)
-
-
 @dataclass
 class SplitReport:
     """What :func:`split_dota` wrote."""
@@ -387,20 +377,16 @@ def split_image(image_path: PathLike, ann: Optional[DotaAnnotation], out_dir: Pa
     """
     out_dir = Path(out_dir)
     image_id = image_id or Path(image_path).stem
-    image = read_bgr(image_path)
+    image = open_split_image(image_path, config.padding, config.ext, config.pad_value is not None)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     if ann is not None:
         (out_dir / "labelTxt").mkdir(parents=True, exist_ok=True)
     report = SplitReport(images=1, objects=0 if ann is None else len(ann))
     placed = np.zeros(0 if ann is None else len(ann), dtype=bool)
-    patches = split_annotation(ann, image_id, image.shape[1], image.shape[0], config)
-    resized: Dict[float, np.ndarray] = {}
+    patches = split_annotation(ann, image_id, image.width, image.height, config)
     for patch in patches:
-        if patch.scale not in resized:
-            resized[patch.scale] = resize_by_rate(image, patch.scale)
         placed[patch.objects] = True
-        crop = crop_window(resized[patch.scale], patch.window, config.padding)
-        write_image(out_dir / "images" / f"{patch.name}{config.ext}", crop)
+        image.write_patch(patch.window, patch.scale, out_dir / "images" / patch.name)
         if patch.annotation is not None:
             write_dota_label(out_dir / "labelTxt" / f"{patch.name}.txt", patch.annotation)
             report.patch_objects += len(patch.annotation)
@@ -414,7 +400,7 @@ def split_image(image_path: PathLike, ann: Optional[DotaAnnotation], out_dir: Pa
 def _find_images(folder: Path) -> List[Path]:
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder (expected the DOTA images/ folder)")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in SCENE_SUFFIXES)
 
 
 def _split_one(args: Tuple[Path, Optional[Path], Path, SplitConfig, Tuple[str, ...]]) -> SplitReport:
