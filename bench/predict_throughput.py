@@ -87,7 +87,7 @@ def main() -> None:
 
     from rsfm_ds.data.raster import BandNormalization, read_raster
     from rsfm_ds.engine.inference import InferenceOptions, load_task_config
-    from rsfm_ds.engine.predict import check_input, predict_scene_detections, predict_scene_segmentation
+    from rsfm_ds.engine.scene_prediction import check_input, predict_scene_detections, predict_scene_segmentation
     from rsfm_ds.engine.tasks import get_task
     from rsfm_ds.engine.inference import LoadedModel
 

@@ -72,6 +72,15 @@ def test_slurm_finetune_renders_the_task_with_resume(tmp_path, script, task, con
                                            "--resume", "auto", "schedule.length=10"]
 
 
+def test_slurm_predict_renders_the_task_and_its_arguments(tmp_path):
+    stdout, cmd, _ = render_sbatch(tmp_path, "predict.sbatch", "--weights", "w.safetensors", "--inputs", "scenes/",
+                                   "--out", "pred", TASK="det", CONFIG="configs/det/dota2_vit_l12x4.yaml")
+    assert "2 nodes x 8 GPUs, master gpu-a17:24242" in stdout
+    assert cmd[cmd.index("--module"):] == ["--module", "rsfm_ds.cli", "predict", "det", "--config",
+                                           "configs/det/dota2_vit_l12x4.yaml", "--no-progress", "--weights",
+                                           "w.safetensors", "--inputs", "scenes/", "--out", "pred"]
+
+
 def test_slurm_study_task_runs_its_cell(tmp_path):
     _, cmd, _ = render_sbatch(tmp_path, "study.sbatch", "seed=1", CONFIG="configs/study/scaling.yaml",
                               SLURM_ARRAY_JOB_ID="4240", SLURM_ARRAY_TASK_ID="3")

@@ -15,8 +15,8 @@ from shapely.geometry import Polygon
 from rsfm_ds.cli import main
 from rsfm_ds.data.raster import IMAGENET_RAW, BandNormalization, Georef, raster_info, read_raster, write_geotiff
 from rsfm_ds.engine.inference import InferenceOptions, load_finetuned_model, load_task_config
-from rsfm_ds.engine.predict import (NODATA_CLASS, SceneInput, check_input, predict_scene_detections,
-                                    predict_scene_segmentation, read_tile)
+from rsfm_ds.engine.scene_prediction import (NODATA_CLASS, SceneInput, check_input, predict_scene_detections,
+                                             predict_scene_segmentation, read_tile)
 from rsfm_ds.engine.tasks import get_task
 from rsfm_ds.evaluation.scene_outputs import geojson_crs
 from rsfm_ds.evaluation.scene_tiling import TileGrid, boxes_to_scene, merge_tile_detections
@@ -336,3 +336,69 @@ def test_missing_outputs_are_written_and_overrides_may_follow_inputs(models, tmp
     assert main(argv) == 0
     record = json.loads((out / "predictions.json").read_text())["inputs"][0]
     assert record["written"] == ["p_probs.tif"] and (out / "p.tif").stat().st_mtime_ns == before
+
+
+# ------------------------------------------------------------------------------ several ranks
+
+
+def test_scenes_are_shared_largest_first_to_the_least_loaded_rank():
+    from rsfm_ds.engine.predict_ranks import share_by_size
+
+    # By hand: 9 -> rank 0 (both empty: the lower); 7 -> 1; 5 -> 1 (7 < 9); 3 -> 0 (9 < 12);
+    # 2 -> 0 (12 = 12: the lower); the skipped scene (0) -> 0.
+    assert share_by_size([5, 9, 2, 7, 0, 3], 2) == [1, 0, 0, 1, 0, 0]
+    assert share_by_size([4, 4], 3) == [0, 1] and share_by_size([], 4) == []
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        sizes = rng.integers(1, 10_000, rng.integers(1, 40)).tolist()
+        ranks = int(rng.integers(1, 9))
+        owner = share_by_size(sizes, ranks)
+        loads = np.bincount(owner, weights=sizes, minlength=ranks)
+        assert loads.sum() == sum(sizes)
+        assert loads.max() <= sum(sizes) / ranks + max(sizes)  # greedy list scheduling's bound
+
+
+@pytest.mark.distributed
+def test_two_ranks_share_the_scenes_and_write_what_one_process_writes(models, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from launching import DEEPSPEED, free_port
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for name, (w, h) in {"a": (140, 100), "b": (64, 64), "c": (100, 120), "d": (70, 64)}.items():
+        _crop(RGBN, scenes / f"{name}.tif", w, h)
+    def args(out):
+        return ["predict", "seg", "--weights", str(models["seg"]), "--config", str(SEG_CONFIG), "--probabilities",
+                "--no-overlay", "--no-progress", "--out", str(tmp_path / out), "--inputs", str(scenes),
+                *SEG_OVERRIDES]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same float sums in both runs
+    one = subprocess.run([sys.executable, "-m", "rsfm_ds.cli", *args("one")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    launch = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "--module", "rsfm_ds.cli",
+              *args("two")]
+    two = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    # Rank 0 alone reports (the launcher prefixes nothing; one line per input plus the total).
+    assert two.stdout.count("wrote ") == 1
+    for name in "abcd":
+        for suffix in (".tif", "_probs.tif"):
+            with rasterio.open(tmp_path / "one" / f"{name}{suffix}") as a, \
+                    rasterio.open(tmp_path / "two" / f"{name}{suffix}") as b:
+                assert np.array_equal(a.read(), b.read()) and a.transform == b.transform
+    summary_one = json.loads((tmp_path / "one" / "predictions.json").read_text())
+    summary = json.loads((tmp_path / "two" / "predictions.json").read_text())
+    assert summary["ranks"] == 2 and summary_one["ranks"] == 1
+    assert [r["input"] for r in summary["inputs"]] == [r["input"] for r in summary_one["inputs"]]
+    assert [r["counts"] for r in summary["inputs"]] == [r["counts"] for r in summary_one["inputs"]]
+    assert {r["rank"] for r in summary["inputs"]} == {0, 1}  # both ranks predicted
+    # Run again: rank 0 finds every output there before any rank writes; nothing is predicted.
+    launch[launch.index("--master_port") + 1] = str(free_port())
+    again = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "predictions.json").read_text())
+    assert all(r.get("skipped") for r in summary["inputs"]) and len(summary["inputs"]) == 4

@@ -76,6 +76,8 @@ def _task(group: argparse._SubParsersAction, task: str, help_text: str, example:
             score_thr=getattr(args, "score_thr", None), iou_thr=getattr(args, "iou_thr", 0.1),
             probabilities=getattr(args, "probabilities", False))
         report = predict_files(task, args.config, args.weights, inputs, args.out, overrides, args.tag, options)
+        if report.rank != 0:  # one rank (of several) tells what was done
+            return 0
         for record in report.summary["inputs"]:
             if record.get("skipped"):
                 print(f"{record['input']}: skipped, {record['note']}")

@@ -18,7 +18,9 @@ where the scene is smaller, and tiles go through the model ``batch_size`` at a t
   logits (``K x tile x width``) is held, whatever the scene's height. Pixels where every band holds
   the scene's declared nodata value enter the model as zeros and come out as :data:`NODATA_CLASS`.
 
-Output files and their formats: :mod:`rsfm_ds.evaluation.scene_outputs` and docs/predict.md.
+The per-scene steps are in :mod:`rsfm_ds.engine.scene_prediction`; several ranks sharing the
+scenes: :mod:`rsfm_ds.engine.predict_ranks`. Output files and their formats:
+:mod:`rsfm_ds.evaluation.scene_outputs` and docs/predict.md.
 """
 from __future__ import annotations
 
@@ -26,28 +28,22 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import check
-from ..data.det.dataset import SIZE_DIVISOR
-from ..data.raster import (RASTER_SUFFIXES, RASTERIO_SUFFIXES, BandNormalization, RasterInfo, raster_info,
-                           read_raster, valid_mask)
+from ..data.raster import RASTERIO_SUFFIXES, BandNormalization, read_raster
 from ..errors import ConfigError, DataError, check_output_is_not_input
 from ..evaluation.scene_outputs import (detections_geojson, dota_lines, mask_path, probabilities_writer,
                                          write_json_atomic, write_mask, write_text_atomic)
-from ..evaluation.scene_tiling import (BandAverager, ProbabilitySink, TileGrid, boxes_to_scene,
-                                      merge_tile_detections)
-from ..evaluation.sliding_window import sliding_window_inference
-from ..ops.box_geometry import box_to_polygon
-from .inference import InferenceOptions, LoadedModel
+from .inference import InferenceOptions
+from .predict_ranks import PredictWorld, share_by_size
+from .scene_prediction import (NODATA_CLASS, SceneDetections, SceneInput, SceneSegmentation, check_input,
+                               list_inputs, predict_scene_detections, predict_scene_segmentation)
 
 PathLike = Union[str, Path]
-NODATA_CLASS = 255
-"""Mask value of pixels that are nodata in the scene (also the GeoTIFF's declared nodata)."""
 DOTA_GAP_FRACTION = 200 / 1024
 """Default detection overlap as a fraction of the tile: mmrotate's ``demo/huge_image_demo.py``
 runs 1024 px patches every 824 px, the gap of 200 of the DOTA devkit's ``ImgSplit_multi_process.py``."""
@@ -58,7 +54,7 @@ SUMMARY_VERSION = 1
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """How ``rsfm predict`` tiles, runs and writes (one process, one device)."""
+    """How ``rsfm predict`` tiles, runs and writes (per process: several share the scenes, engine/predict_ranks.py)."""
 
     tile: Optional[int] = None
     """Tile side in pixels; null: the size the model was trained on (detection:
@@ -104,8 +100,13 @@ class PredictOptions:
         check(self.overlay_max_side >= 16, "overlay_max_side", f"must be >= 16, got {self.overlay_max_side}")
         InferenceOptions(device=self.device, precision=self.precision)  # validates both
 
-    def inference(self) -> InferenceOptions:
-        return InferenceOptions(device=self.device, precision=self.precision, batch_size=self.batch_size, workers=0)
+    def inference(self, local_rank: Optional[int] = None) -> InferenceOptions:
+        """The model's options; ``local_rank`` (one of several ranks on a node) makes ``cuda``,
+        or the default on a GPU machine, ``cuda:<local_rank>``."""
+        device = self.device
+        if local_rank is not None and device in (None, "cuda") and torch.cuda.is_available():
+            device = f"cuda:{local_rank}"
+        return InferenceOptions(device=device, precision=self.precision, batch_size=self.batch_size, workers=0)
 
 
 # ---------------------------------------------------------------------------- what the task says
@@ -142,216 +143,6 @@ def default_tiling(task_name: str, cfg, options: PredictOptions) -> Tuple[int, i
             overlap = max(cfg.data.crop_size - cfg.data.eval_stride, 0) if tile == cfg.data.crop_size else 0
     check(overlap < tile, "overlap", f"{overlap} must be smaller than the tile ({tile} px)")
     return tile, overlap
-
-
-# ---------------------------------------------------------------------------- inputs
-
-
-def list_inputs(paths: Sequence[PathLike]) -> List[Path]:
-    """The raster files named by ``paths``: files as given, folders as every raster file in them
-    (sorted, not recursive).
-
-    Raises:
-        DataError: a path that does not exist, a file of an unknown kind, a folder without rasters,
-            two inputs with the same stem (their outputs would collide), or no input at all.
-    """
-    out: List[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES)
-            if not found:
-                raise DataError(f"{p}: no raster files in this folder ({', '.join(RASTER_SUFFIXES)})")
-            out.extend(found)
-        elif not p.exists():
-            raise DataError(f"{p}: no such file or folder")
-        elif p.suffix.lower() not in RASTER_SUFFIXES:
-            raise DataError(f"{p}: not a raster file (expected one of {', '.join(RASTER_SUFFIXES)})")
-        else:
-            out.append(p)
-    if not out:
-        raise DataError("inputs: no input files")
-    seen: Dict[str, Path] = {}
-    for p in out:
-        if p.stem in seen and seen[p.stem].resolve() != p.resolve():
-            raise DataError(f"{p}: same name as {seen[p.stem]}; their outputs would collide ({p.stem}.*)")
-        seen[p.stem] = p
-    return list(dict.fromkeys(out))
-
-
-@dataclass(frozen=True)
-class SceneInput:
-    """One input checked against the model: what is read and how it is normalised."""
-
-    info: RasterInfo
-    bands: Optional[Tuple[int, ...]]
-    """1-based bands read (None: all)."""
-    normalization: BandNormalization
-
-    @property
-    def path(self) -> Path:
-        return Path(self.info.path)
-
-
-def check_input(path: PathLike, bands: Optional[Tuple[int, ...]], normalization: BandNormalization,
-                in_chans: int, require_8bit: bool = False) -> SceneInput:
-    """``path`` as the model reads it.
-
-    Raises:
-        DataError: the file is unreadable, lacks a band in ``bands``, gives another band count
-            than the model's ``in_chans`` (message names the file and both counts), or is not
-            8-bit where ``require_8bit`` (the ImageNet default normalisation, for 8-bit RGB only).
-    """
-    info = raster_info(path)
-    if require_8bit and info.dtype != "uint8":
-        raise DataError(f"{path}: {info.dtype} pixels but the model's config sets no normalisation (the default, "
-                        f"ImageNet statistics x 255, is for 8-bit RGB); set data.band_mean and data.band_std in "
-                        f"the file's raw units, or data.band_stats, as the model was fine-tuned")
-    if bands is not None:
-        bad = [b for b in bands if b > info.count]
-        if bad:
-            raise DataError(f"{path}: has {info.count} bands; no band {bad[0]} (bands: {list(bands)})")
-    count = len(bands) if bands is not None else info.count
-    if count != in_chans:
-        how = f"bands {list(bands)}" if bands is not None else f"all {info.count} bands"
-        raise DataError(f"{path}: reading {how} gives {count} bands but the model takes {in_chans} "
-                        f"(choose bands with --bands or data.bands)")
-    if normalization.bands != count:
-        raise DataError(f"{path}: {count} bands but the input normalisation has {normalization.bands} "
-                        f"(data.band_mean / data.band_std)")
-    return SceneInput(info, bands, normalization)
-
-
-def read_tile(scene: SceneInput, window: Tuple[int, int, int, int], tile: int,
-              decoded: Optional[np.ndarray] = None) -> Tuple[torch.Tensor, np.ndarray]:
-    """One tile: ``(float32 [C, tile, tile] normalised, zero-padded; bool [h, w] valid)`` for the
-    scene window ``(col, row, w, h)``. A pixel is invalid where every band holds the scene's
-    declared nodata value; invalid pixels, and non-finite values of float rasters, are set to 0
-    (the mean) after normalisation.
-    ``decoded``: the whole image ``[C, H, W]`` already in memory (a JPEG / PNG, which has no windowed
-    reads), sliced instead of reading the file."""
-    col, row, w, h = window
-    if decoded is not None:
-        raw = decoded[:, row:row + h, col:col + w]
-    else:
-        raw = read_raster(scene.path, window=(col, row, w, h), bands=scene.bands)
-    valid = valid_mask(raw, scene.info.nodata)  # a NaN nodata too (NaN == NaN is False)
-    x = scene.normalization.apply(raw)
-    x[:, ~valid] = 0.0
-    if raw.dtype.kind == "f":  # a NaN / inf in some bands of a valid pixel would spread through the model
-        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    out = torch.from_numpy(x)
-    return F.pad(out, (0, tile - w, 0, tile - h)), valid
-
-
-def _tile_batches(scene: SceneInput, grid: TileGrid, batch_size: int, progress: bool
-                  ) -> Iterator[Tuple[torch.Tensor, np.ndarray, List[np.ndarray]]]:
-    """``(tiles [n, C, tile, tile], origins int64 [n, 2], valid masks)`` in grid order."""
-    from tqdm import tqdm
-
-    origins = grid.origins()
-    # JPEG / PNG decode whole: once per scene, not once per tile (8-bit, so small next to a GeoTIFF).
-    decoded = None if scene.path.suffix.lower() in RASTERIO_SUFFIXES else read_raster(scene.path, bands=scene.bands)
-    bar = tqdm(total=len(origins), desc=scene.path.name, unit="tile", disable=not progress, leave=False)
-    try:
-        for k in range(0, len(origins), batch_size):
-            chunk = origins[k:k + batch_size]
-            read = [read_tile(scene, grid.window(o), grid.tile, decoded) for o in chunk]
-            yield torch.stack([t for t, _ in read]), chunk, [v for _, v in read]
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-
-
-# ---------------------------------------------------------------------------- detection
-
-
-@dataclass
-class SceneDetections:
-    """Detections of one scene in scene pixels, best first.
-
-    Attributes:
-        boxes: ``float32 [D, 5]`` le90 ``(cx, cy, w, h, theta)``.
-        polygons: ``float64 [D, 8]`` their corners ``x1 y1 ... x4 y4``.
-        scores: ``float32 [D]``; labels: ``int64 [D]``.
-        tiles: tiles run; before_merge: detections of all tiles before the cross-tile NMS.
-    """
-
-    boxes: np.ndarray
-    polygons: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    tiles: int
-    before_merge: int
-
-
-@torch.no_grad()
-def predict_scene_detections(loaded: LoadedModel, scene: SceneInput, tile: int, overlap: int,
-                             batch_size: int = 4, iou_thr: float = 0.1, progress: bool = False) -> SceneDetections:
-    """Oriented R-CNN over ``scene`` in tiles, merged across tiles (module docstring)."""
-    grid = TileGrid(scene.info.height, scene.info.width, tile, overlap)
-    side = -(-tile // SIZE_DIVISOR) * SIZE_DIVISOR  # the batch padding of collate_detection
-    boxes, scores, labels = [], [], []
-    for tiles, origins, _ in _tile_batches(scene, grid, batch_size, progress):
-        sizes = [(grid.window(o)[3], grid.window(o)[2]) for o in origins]
-        images = F.pad(tiles, (0, side - tile, 0, side - tile)).to(loaded.device, loaded.dtype)
-        for det, origin in zip(loaded.model({"images": images, "image_sizes": sizes}), origins):
-            b = det.boxes.float().cpu()
-            boxes.append(boxes_to_scene(b, torch.from_numpy(origin).expand(len(b), 2)))
-            scores.append(det.scores.float().cpu())
-            labels.append(det.labels.cpu())
-    b = torch.cat(boxes) if boxes else torch.zeros(0, 5)
-    s = torch.cat(scores) if scores else torch.zeros(0)
-    lab = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
-    keep = merge_tile_detections(b, s, lab, iou_thr)
-    kept = b[keep]
-    return SceneDetections(kept.numpy(), box_to_polygon(kept.double()).numpy(), s[keep].numpy(),
-                           lab[keep].numpy(), len(grid), int(b.shape[0]))
-
-
-# ---------------------------------------------------------------------------- segmentation
-
-
-@dataclass
-class SceneSegmentation:
-    """The class mask of one scene.
-
-    Attributes:
-        mask: ``uint8 [H, W]`` class indices, :data:`NODATA_CLASS` on nodata pixels.
-        tiles: tiles run.
-    """
-
-    mask: np.ndarray
-    tiles: int
-
-
-@torch.no_grad()
-def predict_scene_segmentation(loaded: LoadedModel, scene: SceneInput, num_classes: int, tile: int, overlap: int,
-                               batch_size: int = 4, probabilities: Optional[ProbabilitySink] = None,
-                               progress: bool = False) -> SceneSegmentation:
-    """UperNet over ``scene`` in tiles, logits averaged where tiles overlap (module docstring).
-
-    ``probabilities``: receives the softmax of the averaged logits x 255 (uint8, what
-    ``<stem>_probs.tif`` holds) a band of finished rows at a time, top to bottom (nodata pixels
-    included: the mask marks them)."""
-    info = scene.info
-    # uint8 mask with NODATA_CLASS (255) reserved: class indices must stay below it.
-    check(1 <= num_classes <= NODATA_CLASS, "num_classes",
-          f"a uint8 mask with {NODATA_CLASS} for nodata holds at most {NODATA_CLASS} classes, got {num_classes}")
-    grid = TileGrid(info.height, info.width, tile, overlap)
-    acc = BandAverager(num_classes, info.height, info.width, tile, probabilities)
-    valid = np.zeros((info.height, info.width), dtype=bool)
-    for tiles, origins, masks in _tile_batches(scene, grid, batch_size, progress):
-        images = tiles.to(loaded.device, loaded.dtype)
-        # One window per tile: sliding_window_inference brings strided logits to tile resolution.
-        logits = sliding_window_inference(loaded.model.logits, images, num_classes, crop=tile, stride=tile,
-                                          batch_size=len(images)).cpu()
-        for out, origin, m in zip(logits, origins, masks):
-            col, row, w, h = grid.window(origin)
-            acc.add(out[:, :h, :w], col, row, w, h)
-            valid[row:row + h, col:col + w] |= m
-    mask = acc.result()
-    mask[~valid] = NODATA_CLASS
-    return SceneSegmentation(mask, len(grid))
 
 
 # ---------------------------------------------------------------------------- files
@@ -464,10 +255,12 @@ def _counts(task_name: str, result, classes: Sequence[str]) -> Dict[str, int]:
 
 @dataclass
 class PredictReport:
-    """What :func:`predict_files` did; ``summary`` is the ``predictions.json`` it wrote."""
+    """What :func:`predict_files` did; ``summary`` is the ``predictions.json`` it wrote (rank 0
+    writes it; every rank's report holds it)."""
 
     out_dir: Path
     summary: Dict[str, Any]
+    rank: int = 0
 
     @property
     def predicted(self) -> int:
@@ -486,14 +279,15 @@ def predict_files(task_name: str, config: PathLike, weights: PathLike, inputs: S
 
     Every input is checked (readable, band count = the model's) before the model is loaded, so a
     bad input stops the run before any work. An input whose outputs all exist is skipped (noted in
-    the summary) unless ``options.overwrite``; re-running an interrupted run resumes it.
+    the summary) unless ``options.overwrite``; re-running an interrupted run resumes it. Under a
+    launcher the ranks share the scenes (:mod:`rsfm_ds.engine.predict_ranks`).
 
     Raises:
         ConfigError: a config of the other task, a bad option.
         DataError: a missing or unreadable input, one with the wrong band count.
         CheckpointError: weights that do not fit the config's model.
     """
-    from .inference import load_finetuned_model, load_task_config
+    from .inference import load_task_config
     from .tasks import get_task
 
     if task_name == "seg" and options.score_thr is not None:
@@ -511,64 +305,96 @@ def predict_files(task_name: str, config: PathLike, weights: PathLike, inputs: S
     tile, overlap = default_tiling(task_name, cfg, options)
     plans = [(s, output_paths(task_name, s, out_dir, options)) for s in scenes]
     check_output_names(plans)
+    world = PredictWorld.from_environment()
+    try:
+        report = _predict_plans(task_name, cfg, config, weights, tag, options, plans, classes, tile, overlap,
+                                out_dir, world)
+    except BaseException:
+        world.close(together=False)  # the others may never reach a barrier
+        raise
+    world.close()
+    return report
+
+
+def _predict_plans(task_name: str, cfg, config: PathLike, weights: PathLike, tag: Optional[str],
+                   options: PredictOptions, plans: Sequence[Tuple[SceneInput, Dict[str, Path]]],
+                   classes: Sequence[str], tile: int, overlap: int, out_dir: Path,
+                   world: PredictWorld) -> PredictReport:
+    """This rank's share of ``plans``, then the summary (:func:`predict_files`)."""
+    from .inference import load_finetuned_model
+
+    # One progress bar: rank 0's (several ranks writing bars to one terminal garble each other).
+    progress = options.progress and world.rank == 0
+    # Rank 0 alone looks at what exists, before any rank writes: every rank then agrees on the work.
+    todos = world.from_rank0(None if world.rank else [
+        paths if options.overwrite else {k: p for k, p in paths.items() if not p.exists()} for _, paths in plans])
+    owner = share_by_size([s.info.width * s.info.height if todo else 0 for (s, _), todo in zip(plans, todos)],
+                          world.size)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     loaded = None
-    records: List[Dict[str, Any]] = []
+    records: List[Tuple[int, Dict[str, Any]]] = []  # (input index, record)
     start = time.perf_counter()
-    megapixels = 0.0
-    for scene, paths in plans:
+    for index, ((scene, paths), todo) in enumerate(zip(plans, todos)):
+        if owner[index] != world.rank:
+            continue
         info = scene.info
-        todo = paths if options.overwrite else {k: p for k, p in paths.items() if not p.exists()}
         record: Dict[str, Any] = {"input": str(scene.path), "width": info.width, "height": info.height,
                                   "bands": len(scene.bands) if scene.bands else info.count,
                                   "georeferenced": info.georef.is_georeferenced, "crs": info.georef.crs,
                                   "outputs": [p.name for p in paths.values()]}
         if not todo:
             record.update(skipped=True, note="outputs exist; --overwrite replaces them")
-            records.append(record)
+            records.append((index, record))
             continue
         if loaded is None:
-            loaded = load_finetuned_model(task_name, cfg, weights, tag, options.inference())
+            loaded = load_finetuned_model(task_name, cfg, weights, tag,
+                                          options.inference(world.local_rank if world.size > 1 else None))
         t0 = time.perf_counter()
         if task_name == "det":
             result = predict_scene_detections(loaded, scene, tile, overlap, options.batch_size, options.iou_thr,
-                                              options.progress)
+                                              progress)
             record["detections_before_merge"] = result.before_merge
         elif "probs" in todo:
             # Written as the rows are finished, renamed into place only when the scene completes.
             with probabilities_writer(todo["probs"], len(classes), info.height, info.width, info.georef,
                                       classes) as probs:
                 result = predict_scene_segmentation(loaded, scene, len(classes), tile, overlap,
-                                                    options.batch_size, probs.write_rows, options.progress)
+                                                    options.batch_size, probs.write_rows, progress)
         else:
             result = predict_scene_segmentation(loaded, scene, len(classes), tile, overlap, options.batch_size,
-                                                progress=options.progress)
+                                                progress=progress)
         seconds = time.perf_counter() - t0
         _write_outputs(task_name, scene, result, classes, todo, options)
         mpx = info.width * info.height / 1e6
-        megapixels += mpx
         record.update(tiles=result.tiles, seconds=round(seconds, 3), megapixels=round(mpx, 4),
                       megapixels_per_s=round(mpx / seconds, 4) if seconds > 0 else None,
                       counts=_counts(task_name, result, classes), written=[p.name for p in todo.values()])
-        records.append(record)
-    total = time.perf_counter() - start
+        if world.size > 1:
+            record["rank"] = world.rank
+        records.append((index, record))
+    device = (str(loaded.device), _PRECISION_NAMES.get(loaded.dtype)) if loaded else (None, None)
+    gathered = world.gather([(records, device)])
+    total = time.perf_counter() - start  # every rank is done: the gather waited for the last
+    records = sorted(r for part, _ in gathered for r in part)
+    inputs = [record for _, record in records]
+    megapixels = sum(r.get("megapixels", 0.0) for r in inputs if not r.get("skipped"))
+    devices = sorted({d for _, (d, _) in gathered if d})
+    precision = next((p for _, (d, p) in gathered if d), None)
     summary: Dict[str, Any] = {
         "version": SUMMARY_VERSION, "task": task_name, "config": str(config), "weights": str(weights),
         "tile": tile, "overlap": overlap, "batch_size": options.batch_size,
-        "device": str(loaded.device) if loaded else None,
-        "precision": _PRECISION_NAMES.get(loaded.dtype) if loaded else None,
-        "classes": list(classes), "inputs": records, "seconds": round(total, 3),
+        "device": ",".join(devices) or None,
+        "precision": precision, "ranks": world.size,
+        "classes": list(classes), "inputs": inputs, "seconds": round(total, 3),
         "megapixels": round(megapixels, 4),
         "megapixels_per_s": round(megapixels / total, 4) if megapixels and total > 0 else None}
     if task_name == "det":
         summary.update(score_thr=cfg.model.roi.score_thr, iou_thr=options.iou_thr)
-    write_json_atomic(out_dir / SUMMARY, summary)
-    return PredictReport(out_dir, summary)
+    if world.rank == 0:
+        write_json_atomic(out_dir / SUMMARY, summary)
+    return PredictReport(out_dir, summary, world.rank)
 
 
-__all__ = ["PredictOptions", "PredictReport", "SceneInput", "SceneDetections", "SceneSegmentation", "NODATA_CLASS",
-           "task_inputs", "task_classes", "model_in_chans", "default_tiling", "list_inputs",
-           "check_input", "read_tile", "output_paths", "check_output_names", "predict_scene_detections",
-           "predict_scene_segmentation",
-           "predict_files", "SUMMARY", "SUMMARY_VERSION", "DOTA_GAP_FRACTION"]
+__all__ = ["PredictOptions", "PredictReport", "task_inputs", "task_classes", "model_in_chans", "default_tiling",
+           "output_paths", "check_output_names", "predict_files", "SUMMARY", "SUMMARY_VERSION", "DOTA_GAP_FRACTION"]
