@@ -126,3 +126,35 @@ def test_a_pad_colour_is_refused_for_a_raster(tmp_path, capsys):
     assert code == 2 and len(err) == 1
     assert "s2.tif: a georeferenced 4-band uint16 raster is cut into GeoTIFF patches" in err[0]
     assert "--pad-value" in err[0]
+
+
+def test_one_band_scene_resized_keeps_its_band(tmp_path):
+    # Panchromatic / SAR scenes have one band; OpenCV's resize returns [h, w] for it.
+    pixels = read_raster(S2)[3:]  # the NIR band alone
+    src = _scene_folder(tmp_path / "src", pixels)
+    split_dota(src, tmp_path / "out", SplitConfig(size=128, gap=0, rates=(0.5,)), classes=("ship", "harbor"))
+    (path,) = (tmp_path / "out" / "images").iterdir()
+    want = cv2.resize(pixels[0], None, fx=0.5, fy=0.5, interpolation=cv2.INTER_CUBIC)
+    np.testing.assert_array_equal(read_raster(path), want[None])
+
+
+def test_resizing_does_not_blend_nodata_into_the_data(tmp_path):
+    pixels = read_raster(S2)
+    pixels[:, 100:140, :60] = 0  # a nodata patch, as around a scene's footprint
+    src = _scene_folder(tmp_path / "src", pixels, nodata=0)
+    split_dota(src, tmp_path / "out", SplitConfig(size=128, gap=0, rates=(0.5,)), classes=("ship", "harbor"))
+    (path,) = (tmp_path / "out" / "images").iterdir()
+    got = read_raster(path)
+
+    def resized(image):
+        return cv2.resize(image.transpose(1, 2, 0), None, fx=0.5, fy=0.5,
+                          interpolation=cv2.INTER_CUBIC).transpose(2, 0, 1)
+
+    # Which output pixels the nodata pixels feed, found by changing their value.
+    other = pixels.copy()
+    other[:, 100:140, :60] = 5000
+    fed = (resized(pixels) != resized(other)).any(axis=0)
+    assert 0 < fed.sum() < fed.size
+    nodata = (got == 0).all(axis=0)
+    assert np.array_equal(nodata, fed)  # those, and only those, are nodata
+    np.testing.assert_array_equal(got[:, ~fed], resized(pixels)[:, ~fed])

@@ -218,7 +218,7 @@ def test_finish_process_ends_as_a_normal_exit_would(tmp_path):
 
     script = tmp_path / "rank.py"
     script.write_text(textwrap.dedent(f"""
-        import atexit, sys, threading, time
+        import atexit, concurrent.futures, sys, threading, time
         from rsfm_ds.engine.process_end import finish_process
 
         class Finalized:
@@ -230,6 +230,9 @@ def test_finish_process_ends_as_a_normal_exit_would(tmp_path):
         atexit.register(lambda: open({str(tmp_path / 'atexit')!r}, "w").write("ran"))
         worker = threading.Thread(target=lambda: (time.sleep(0.3), open({str(tmp_path / 'thread')!r}, "w").write("done")))
         worker.start()
+        # An executor left open: its idle worker thread is stopped by threading's exit hooks.
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        pool.submit(int).result()
         sys.stdout.write("unflushed result")
         finish_process(3)
         print("not reached")

@@ -1,4 +1,5 @@
 """rsfm_ds.data.raster against rasterio's own answers on the real scene crops in tests/data/scenes."""
+import os
 from pathlib import Path
 
 import cv2
@@ -109,6 +110,7 @@ def test_row_writer_in_uneven_bands_equals_the_whole_write(tmp_path):
 
 def test_row_writer_leaves_no_file_when_interrupted_or_incomplete(tmp_path):
     data = _noise_with_structure((2, 300, 50))
+    open_files = len(os.listdir("/proc/self/fd"))
     with pytest.raises(KeyboardInterrupt):
         with GeoTiffRowWriter(tmp_path / "a.tif", 2, 300, 50, np.uint16) as out:
             out.write_rows(0, data[:, :280])  # one block row already passed on to GDAL
@@ -116,11 +118,13 @@ def test_row_writer_leaves_no_file_when_interrupted_or_incomplete(tmp_path):
     with pytest.raises(ValueError, match="280 of 300 rows"):
         with GeoTiffRowWriter(tmp_path / "b.tif", 2, 300, 50, np.uint16) as out:
             out.write_rows(0, data[:, :280])
+    assert len(os.listdir("/proc/self/fd")) == open_files  # closed though the writer is still held
     with pytest.raises(ValueError, match="at row 280 expected, got .* at row 279"):
         with GeoTiffRowWriter(tmp_path / "c.tif", 2, 300, 50, np.uint16) as out:
             out.write_rows(0, data[:, :280])
             out.write_rows(279, data[:, 279:])
     assert list(tmp_path.iterdir()) == []
+    assert len(os.listdir("/proc/self/fd")) == open_files  # every dataset closed
 
 
 def test_errors_name_the_file(tmp_path):

@@ -317,13 +317,16 @@ class GeoTiffRowWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            with writing(self.path):
+            try:
                 if exc_type is None:
                     if self.rows_received != self.height:
                         raise ValueError(f"{self.path}: {self.rows_received} of {self.height} rows written")
-                    for i, name in enumerate(self.band_names, start=1):
-                        self._dst.set_band_description(i, name)
-                self._dst.close()
+                    with writing(self.path):
+                        for i, name in enumerate(self.band_names, start=1):
+                            self._dst.set_band_description(i, name)
+            finally:
+                with writing(self.path):
+                    self._dst.close()
         except BaseException:
             self.tmp.unlink(missing_ok=True)
             raise
@@ -392,4 +395,5 @@ IMAGENET_RAW = BandNormalization(tuple(255.0 * m for m in IMAGENET_MEAN), tuple(
 
 
 __all__ = ["Georef", "RasterInfo", "raster_info", "read_raster", "GEOTIFF_BLOCK", "GeoTiffRowWriter",
-           "write_geotiff", "valid_mask", "BandNormalization", "IMAGENET_RAW", "RASTER_SUFFIXES", "RASTERIO_SUFFIXES", "OPENCV_SUFFIXES"]
+           "write_geotiff", "valid_mask", "BandNormalization", "IMAGENET_RAW", "RASTER_SUFFIXES",
+           "RASTERIO_SUFFIXES", "OPENCV_SUFFIXES"]

@@ -105,7 +105,8 @@ class PredictOptions:
         or the default on a GPU machine, ``cuda:<local_rank>``."""
         device = self.device
         if local_rank is not None and device in (None, "cuda") and torch.cuda.is_available():
-            device = f"cuda:{local_rank}"
+            # A launcher that gives each rank only its own GPU makes it device 0 of one.
+            device = f"cuda:{local_rank % torch.cuda.device_count()}"
         return InferenceOptions(device=device, precision=self.precision, batch_size=self.batch_size, workers=0)
 
 
@@ -326,8 +327,12 @@ def _predict_plans(task_name: str, cfg, config: PathLike, weights: PathLike, tag
     # One progress bar: rank 0's (several ranks writing bars to one terminal garble each other).
     progress = options.progress and world.rank == 0
     # Rank 0 alone looks at what exists, before any rank writes: every rank then agrees on the work.
-    todos = world.from_rank0(None if world.rank else [
-        paths if options.overwrite else {k: p for k, p in paths.items() if not p.exists()} for _, paths in plans])
+    inputs, todos = world.from_rank0(None if world.rank else (
+        [str(s.path) for s, _ in plans],
+        [paths if options.overwrite else {k: p for k, p in paths.items() if not p.exists()} for _, paths in plans]))
+    if inputs != [str(s.path) for s, _ in plans]:
+        raise DataError(f"rank {world.rank} found {len(plans)} inputs but rank 0 {len(inputs)} (or others): the "
+                        f"input folders changed while the ranks listed them, or differ between nodes")
     owner = share_by_size([s.info.width * s.info.height if todo else 0 for (s, _), todo in zip(plans, todos)],
                           world.size)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -348,8 +353,11 @@ def _predict_plans(task_name: str, cfg, config: PathLike, weights: PathLike, tag
             records.append((index, record))
             continue
         if loaded is None:
-            loaded = load_finetuned_model(task_name, cfg, weights, tag,
-                                          options.inference(world.local_rank if world.size > 1 else None))
+            inference = options.inference(world.local_rank if world.size > 1 else None)
+            device = inference.resolve_device()
+            if device.type == "cuda" and device.index is not None:
+                torch.cuda.set_device(device)  # else every rank also opens a context on GPU 0
+            loaded = load_finetuned_model(task_name, cfg, weights, tag, inference)
         t0 = time.perf_counter()
         if task_name == "det":
             result = predict_scene_detections(loaded, scene, tile, overlap, options.batch_size, options.iou_thr,
@@ -379,7 +387,7 @@ def _predict_plans(task_name: str, cfg, config: PathLike, weights: PathLike, tag
     records = sorted(r for part, _ in gathered for r in part)
     inputs = [record for _, record in records]
     megapixels = sum(r.get("megapixels", 0.0) for r in inputs if not r.get("skipped"))
-    devices = sorted({d for _, (d, _) in gathered if d})
+    devices = list(dict.fromkeys(d for _, (d, _) in gathered if d))  # in rank order
     precision = next((p for _, (d, p) in gathered if d), None)
     summary: Dict[str, Any] = {
         "version": SUMMARY_VERSION, "task": task_name, "config": str(config), "weights": str(weights),

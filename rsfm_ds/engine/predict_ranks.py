@@ -9,8 +9,11 @@ the end. A rank predicts its scenes on its own device (``cuda:LOCAL_RANK`` when 
 ``cuda`` or left to choose) and writes their outputs; no collective runs while scenes are
 predicted. At the end the ranks' records are gathered and rank 0 writes ``predictions.json``.
 
-The process group is gloo over TCP (objects only, no tensors on the GPU) with a long timeout
-(:data:`PREDICT_TIMEOUT_S`): ranks wait at the end for the one with the most work, which can take
+The process group is gloo over TCP (objects only, no tensors on the GPU). Joining it and the
+start fail after the usual collective timeout (a node that cannot reach the others, e.g. when its
+host name resolves to an address they cannot reach: set ``GLOO_SOCKET_IFNAME`` to the interface
+they share); the gather at the end has its own group with a long timeout
+(:data:`PREDICT_TIMEOUT_S`), since ranks wait there for the one with the most work, which can take
 hours. A rank that fails ends the job through its launcher, which stops the others; what they had
 written is complete (every output is renamed into place), and the same command resumes.
 """
@@ -20,6 +23,8 @@ import datetime
 import os
 from dataclasses import dataclass
 from typing import Any, List, Sequence
+
+from .config import DEFAULT_COLLECTIVE_TIMEOUT_S
 
 PREDICT_TIMEOUT_S = 24 * 3600.0
 """How long a rank waits for the others (the slowest rank's share of scenes)."""
@@ -34,6 +39,8 @@ class PredictWorld:
     size: int = 1
     owns_group: bool = False
     """The process group was created here (and is destroyed by :meth:`close`)."""
+    end_group: Any = None
+    """The group of the final gather, with :data:`PREDICT_TIMEOUT_S` (None: the default group)."""
 
     @staticmethod
     def from_environment() -> "PredictWorld":
@@ -49,8 +56,10 @@ class PredictWorld:
         from .launcher_guard import follow_launcher
 
         follow_launcher()  # a rank never outlives the job it belongs to
-        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=PREDICT_TIMEOUT_S))
-        return PredictWorld(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size(), True)
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=DEFAULT_COLLECTIVE_TIMEOUT_S))
+        end_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=PREDICT_TIMEOUT_S))
+        return PredictWorld(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size(), True,
+                            end_group)
 
     def from_rank0(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank."""
@@ -69,7 +78,7 @@ class PredictWorld:
         import torch.distributed as dist
 
         parts: List[Any] = [None] * self.size
-        dist.all_gather_object(parts, list(items))
+        dist.all_gather_object(parts, list(items), group=self.end_group)
         return [item for part in parts for item in part]
 
     def close(self, together: bool = True) -> None:
@@ -79,7 +88,7 @@ class PredictWorld:
             import torch.distributed as dist
 
             if together:
-                dist.barrier()
+                dist.barrier(group=self.end_group)
             dist.destroy_process_group()
             self.owns_group = False
 

@@ -12,7 +12,8 @@ threads joined, unreachable objects finalized, every atexit handler run: multipr
 children, DeepSpeed's, ours; the standard streams flushed) and then leaves with ``os._exit``.
 
 Every entry point of a rank process ends through it: the ``rsfm`` command
-(:mod:`rsfm_ds.cli.entry`) and the memory measurement (:mod:`rsfm_ds.planning.measure`).
+(:mod:`rsfm_ds.cli.entry`), the memory measurement (:mod:`rsfm_ds.planning.measure`), the
+benchmarks' rank workers and the distributed tests' workers.
 """
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ import threading
 def finish_process(status: int) -> None:
     """End this process with ``status`` as a normal exit would, without the interpreter's
     teardown (module docstring). Does not return."""
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # What the interpreter's own exit does first: join the non-daemon threads after threading's
+    # exit hooks ran (concurrent.futures' executors stop their idle workers there; joining them
+    # by hand before that would wait forever).
+    threading._shutdown()
     gc.collect()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
