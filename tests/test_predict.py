@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +17,7 @@ import rasterio
 import torch
 from shapely.geometry import Polygon
 
+from launching import DEEPSPEED, MARK, free_port, job_processes, wait_for
 from rsfm_ds.cli import main
 from rsfm_ds.data.raster import IMAGENET_RAW, BandNormalization, Georef, raster_info, read_raster, write_geotiff
 from rsfm_ds.engine.inference import InferenceOptions, load_finetuned_model, load_task_config
@@ -358,18 +364,18 @@ def test_scenes_are_shared_largest_first_to_the_least_loaded_rank():
         assert loads.max() <= sum(sizes) / ranks + max(sizes)  # greedy list scheduling's bound
 
 
+def _scenes_of_four_sizes(folder: Path) -> Path:
+    """Crops a-d of different sizes in ``folder`` (so the ranks' shares differ)."""
+    folder.mkdir()
+    for name, (w, h) in {"a": (140, 100), "b": (64, 64), "c": (100, 120), "d": (70, 64)}.items():
+        _crop(RGBN, folder / f"{name}.tif", w, h)
+    return folder
+
+
 @pytest.mark.distributed
 def test_two_ranks_share_the_scenes_and_write_what_one_process_writes(models, tmp_path):
-    import os
-    import subprocess
-    import sys
+    scenes = _scenes_of_four_sizes(tmp_path / "scenes")
 
-    from launching import DEEPSPEED, free_port
-
-    scenes = tmp_path / "scenes"
-    scenes.mkdir()
-    for name, (w, h) in {"a": (140, 100), "b": (64, 64), "c": (100, 120), "d": (70, 64)}.items():
-        _crop(RGBN, scenes / f"{name}.tif", w, h)
     def args(out):
         return ["predict", "seg", "--weights", str(models["seg"]), "--config", str(SEG_CONFIG), "--probabilities",
                 "--no-overlay", "--no-progress", "--out", str(tmp_path / out), "--inputs", str(scenes),
@@ -402,3 +408,47 @@ def test_two_ranks_share_the_scenes_and_write_what_one_process_writes(models, tm
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "predictions.json").read_text())
     assert all(r.get("skipped") for r in summary["inputs"]) and len(summary["inputs"]) == 4
+
+
+@pytest.mark.distributed
+def test_a_rank_failing_on_a_damaged_scene_ends_the_job_and_a_rerun_resumes(models, tmp_path):
+    scenes = _scenes_of_four_sizes(tmp_path / "scenes")
+    # Compressed, so that damaged bytes are a read error (in an uncompressed file they are pixels).
+    info = raster_info(scenes / "a.tif")
+    write_geotiff(scenes / "a.tif", read_raster(scenes / "a.tif"), info.georef)
+    intact = (scenes / "a.tif").read_bytes()
+    with rasterio.open(scenes / "a.tif") as src:  # a damaged first block: the header reads fine
+        offset = int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+    with open(scenes / "a.tif", "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * 64)
+    mark = uuid.uuid4().hex
+    out = tmp_path / "out"
+
+    def run():
+        cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "--module", "rsfm_ds.cli",
+               "predict", "seg", "--weights", str(models["seg"]), "--config", str(SEG_CONFIG), "--no-overlay",
+               "--no-progress", "--out", str(out), "--inputs", str(scenes), *SEG_OVERRIDES]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", MARK: mark}
+        try:
+            return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        finally:
+            for pid in job_processes(mark):  # whatever is left, even when the test fails
+                os.kill(pid, signal.SIGKILL)
+
+    failed = run()
+    assert failed.returncode != 0
+    errors = [line for line in (failed.stdout + failed.stderr).splitlines() if "could not read the pixels" in line]
+    assert errors and all(line.startswith("rsfm predict seg: error: ") and "a.tif" in line for line in errors), errors
+    assert "Traceback" not in failed.stdout + failed.stderr
+    assert wait_for(lambda: not job_processes(mark), 30), job_processes(mark)
+    assert not (out / "a.tif").exists() and not (out / "predictions.json").exists()
+    # The scene mended, the same command resumes: what the failed run completed is kept.
+    (scenes / "a.tif").write_bytes(intact)
+    done_before = {p.name for p in out.glob("[bcd].tif")}
+    resumed = run()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "predictions.json").read_text())
+    skipped = {Path(r["input"]).name for r in summary["inputs"] if r.get("skipped")}
+    assert skipped == done_before and len(summary["inputs"]) == 4
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "b.tif", "c.tif", "d.tif", "predictions.json"]

@@ -136,6 +136,16 @@ def test_errors_name_the_file(tmp_path):
     bad.write_bytes(b"not a tiff")
     with pytest.raises(DataError, match="bad.tif"):
         read_raster(bad)
+    # A damaged block is found only when read: the header is fine, the error says what GDAL saw.
+    damaged = write_geotiff(tmp_path / "damaged.tif", _noise_with_structure((1, 64, 64)))
+    with rasterio.open(damaged) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+    with open(damaged, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * 64)
+    assert raster_info(damaged).width == 64
+    with pytest.raises(DataError, match=r"damaged.tif: could not read the pixels \(.*IReadBlock failed"):
+        read_raster(damaged)
 
 
 def test_imagenet_raw_equals_unit_scaling():

@@ -219,7 +219,9 @@ def read_raster(path: PathLike, window: Optional[Tuple[int, int, int, int]] = No
                     return src.read(index, window=Window(col, row, w, h))
                 return src.read(index, window=Window(col, row, w, h), boundless=True, fill_value=0)
             except Exception as e:  # GDAL reports a damaged block only when it is read
-                raise DataError(f"{path}: could not read the pixels ({str(e).splitlines()[0]})") from None
+                # rasterio's own message points to the GDAL error it chained ("See previous exception").
+                cause = e.__cause__ or e.__context__ or e
+                raise DataError(f"{path}: could not read the pixels ({str(cause).splitlines()[0]})") from None
     image = np.ascontiguousarray(read_rgb(path).transpose(2, 0, 1))
     if bands is not None:
         bad = [b for b in bands if not 1 <= b <= 3]

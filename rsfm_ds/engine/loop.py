@@ -42,17 +42,20 @@ _TIMEOUT_SIGNS = ("Timed out waiting", "timed out", "Application timeout", "Watc
 _LOST_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 
-def collective_failure(error: BaseException, timeout_s: float) -> Optional[str]:
+def collective_failure(error: BaseException, timeout_s: float, setting: str = "train.collective_timeout_s",
+                       heartbeats: bool = True) -> Optional[str]:
     """A one-line account of ``error`` when it is a collective operation that lost its peers (a
-    timeout or a closed connection), naming this rank and host; None for any other error."""
+    timeout or a closed connection), naming this rank and host; None for any other error.
+    ``setting`` names where the timeout comes from; ``heartbeats``: the ranks publish them
+    (liveness.py), so a timeout can name the rank that stopped."""
     text = str(error)
     where = f"rank {dist.get_rank() if dist.is_initialized() else '?'} on {socket.gethostname()}"
     if any(sign in text for sign in _TIMEOUT_SIGNS):
         # Heartbeats in the rendezvous store tell which rank stopped answering (liveness.py).
-        hung = stalled_ranks(dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else None
+        hung = stalled_ranks(dist.get_world_size(), dist.get_rank()) if heartbeats and dist.is_initialized() else None
         who = hung or "one of them stopped, hung or died"
         return (f"{where}: a collective operation waited more than {timeout_s:g} s for the other ranks "
-                f"(train.collective_timeout_s): {who}")
+                f"({setting}): {who}")
     if any(sign in text for sign in _LOST_PEER_SIGNS):
         # The peer's address in gloo's message, mapped back to its rank and host (launcher_guard.py).
         lost = lost_peer(text, own_rank=dist.get_rank() if dist.is_initialized() else None)

@@ -35,11 +35,12 @@ import torch
 
 from ..config import check
 from ..data.raster import RASTERIO_SUFFIXES, BandNormalization, read_raster
-from ..errors import ConfigError, DataError, check_output_is_not_input
+from ..errors import ConfigError, DataError, RunError, check_output_is_not_input
 from ..evaluation.scene_outputs import (detections_geojson, dota_lines, mask_path, probabilities_writer,
                                          write_json_atomic, write_mask, write_text_atomic)
 from .inference import InferenceOptions
-from .predict_ranks import PredictWorld, share_by_size
+from .loop import collective_failure
+from .predict_ranks import PREDICT_TIMEOUT_S, PredictWorld, share_by_size
 from .scene_prediction import (NODATA_CLASS, SceneDetections, SceneInput, SceneSegmentation, check_input,
                                list_inputs, predict_scene_detections, predict_scene_segmentation)
 
@@ -310,8 +311,12 @@ def predict_files(task_name: str, config: PathLike, weights: PathLike, inputs: S
     try:
         report = _predict_plans(task_name, cfg, config, weights, tag, options, plans, classes, tile, overlap,
                                 out_dir, world)
-    except BaseException:
+    except BaseException as e:
+        lost = collective_failure(e, PREDICT_TIMEOUT_S, "rsfm predict's wait for the other ranks", heartbeats=False) \
+            if world.size > 1 and isinstance(e, RuntimeError) else None
         world.close(together=False)  # the others may never reach a barrier
+        if lost:  # another rank failed (its own error says why) or was killed
+            raise RunError(f"{lost}; the outputs written are complete: the same command finishes the rest") from e
         raise
     world.close()
     return report
