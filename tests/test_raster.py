@@ -137,7 +137,7 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="bad.tif"):
         read_raster(bad)
     # A damaged block is found only when read: the header is fine, the error says what GDAL saw.
-    damaged = write_geotiff(tmp_path / "damaged.tif", _noise_with_structure((1, 64, 64)))
+    damaged = write_geotiff(tmp_path / "damaged.tif", _noise_with_structure((1, 64, 64)), raster_info(S2).georef)
     with rasterio.open(damaged) as src:
         offset = int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
     with open(damaged, "r+b") as f:

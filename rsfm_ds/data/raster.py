@@ -17,6 +17,7 @@ variance, with no lossy rescaling of the stored values.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
@@ -138,7 +139,10 @@ def _open(path: Path):
     if not path.is_file():
         raise DataError(f"{path}: no such raster file")
     try:
-        return rasterio.open(path)
+        with warnings.catch_warnings():
+            # A raster without georeference is read as pixels (Georef() says it has none).
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            return rasterio.open(path)
     except rasterio.errors.RasterioIOError as e:
         raise DataError(f"{path}: not a raster GDAL can read ({str(e).splitlines()[0]})") from None
 
@@ -286,7 +290,9 @@ class GeoTiffRowWriter:
     def __enter__(self) -> "GeoTiffRowWriter":
         import rasterio
 
-        with writing(self.path):
+        with writing(self.path), warnings.catch_warnings():
+            # A file without georeference is a legitimate output (a PNG scene's mask or patches).
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             self._dst = rasterio.open(self.tmp, "w", **self.profile)
         return self
 

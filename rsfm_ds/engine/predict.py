@@ -40,7 +40,7 @@ from ..evaluation.scene_outputs import (detections_geojson, dota_lines, mask_pat
                                          write_json_atomic, write_mask, write_text_atomic)
 from .inference import InferenceOptions
 from .loop import collective_failure
-from .predict_ranks import PREDICT_TIMEOUT_S, PredictWorld, share_by_size
+from .predict_ranks import PredictWorld, share_by_size
 from .scene_prediction import (NODATA_CLASS, SceneDetections, SceneInput, SceneSegmentation, check_input,
                                list_inputs, predict_scene_detections, predict_scene_segmentation)
 
@@ -312,7 +312,7 @@ def predict_files(task_name: str, config: PathLike, weights: PathLike, inputs: S
         report = _predict_plans(task_name, cfg, config, weights, tag, options, plans, classes, tile, overlap,
                                 out_dir, world)
     except BaseException as e:
-        lost = collective_failure(e, PREDICT_TIMEOUT_S, "rsfm predict's wait for the other ranks", heartbeats=False) \
+        lost = collective_failure(e, world.timeout_s, "rsfm predict's wait for the other ranks", heartbeats=False) \
             if world.size > 1 and isinstance(e, RuntimeError) else None
         world.close(together=False)  # the others may never reach a barrier
         if lost:  # another rank failed (its own error says why) or was killed

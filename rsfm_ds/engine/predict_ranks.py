@@ -41,6 +41,8 @@ class PredictWorld:
     """The process group was created here (and is destroyed by :meth:`close`)."""
     end_group: Any = None
     """The group of the final gather, with :data:`PREDICT_TIMEOUT_S` (None: the default group)."""
+    timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S
+    """The timeout of the collective operation running or last run (for an error message)."""
 
     @staticmethod
     def from_environment() -> "PredictWorld":
@@ -68,6 +70,7 @@ class PredictWorld:
         import torch.distributed as dist
 
         box = [value]
+        self.timeout_s = DEFAULT_COLLECTIVE_TIMEOUT_S
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
@@ -78,6 +81,7 @@ class PredictWorld:
         import torch.distributed as dist
 
         parts: List[Any] = [None] * self.size
+        self.timeout_s = PREDICT_TIMEOUT_S
         dist.all_gather_object(parts, list(items), group=self.end_group)
         return [item for part in parts for item in part]
 
