@@ -228,7 +228,8 @@ def test_finish_process_ends_as_a_normal_exit_would(tmp_path):
         # Reachable to the end: finalized by the interpreter's teardown only, which is skipped.
         kept = Finalized()
         atexit.register(lambda: open({str(tmp_path / 'atexit')!r}, "w").write("ran"))
-        worker = threading.Thread(target=lambda: (time.sleep(0.3), open({str(tmp_path / 'thread')!r}, "w").write("done")))
+        done = {str(tmp_path / 'thread')!r}
+        worker = threading.Thread(target=lambda: (time.sleep(0.3), open(done, "w").write("done")))
         worker.start()
         # An executor left open: its idle worker thread is stopped by threading's exit hooks.
         pool = concurrent.futures.ThreadPoolExecutor(1)

@@ -55,7 +55,8 @@ SUMMARY_VERSION = 1
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """How ``rsfm predict`` tiles, runs and writes (per process: several share the scenes, engine/predict_ranks.py)."""
+    """How ``rsfm predict`` tiles, runs and writes (per process; several processes share the
+    scenes: :mod:`rsfm_ds.engine.predict_ranks`)."""
 
     tile: Optional[int] = None
     """Tile side in pixels; null: the size the model was trained on (detection:

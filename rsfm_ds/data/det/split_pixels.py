@@ -8,10 +8,11 @@ Two kinds of image (:func:`open_split_image` tells them apart):
   (:attr:`~rsfm_ds.data.det.split.SplitConfig.padding`) and writes the patches in the chosen
   format (``--ext``, ``cv2.imwrite``).
 - **Rasters** (TIFFs that are georeferenced, have another band count or another data type, e.g.
-  a four-band uint16 GeoTIFF scene, and every other format GDAL reads: VRT, JP2, ERDAS .img): :class:`RasterScene` keeps every band in the
-  file's data type and writes GeoTIFF patches (``.tif``) with the file's nodata value, band
-  descriptions and the patch's own georeference (the scene's transform scaled by ``1 / rate`` and
-  moved to the window's corner), so a patch lies where it came from. Padding past the border is
+  a four-band uint16 GeoTIFF scene, and every other format GDAL reads: VRT, JP2, ERDAS .img):
+  :class:`RasterScene` keeps every band in the file's data type and writes GeoTIFF patches
+  (``.tif``) with the file's nodata value, band descriptions and the patch's own georeference
+  (the scene's transform scaled by ``1 / rate`` and moved to the window's corner), so a patch lies
+  where it came from. Padding past the border is
   the file's nodata value, or 0 when it declares none (the rules' colours are 8-bit BGR). At
   rate 1 (and always under the mmrotate rule, which never resizes) each window is read from the
   file on its own, so scenes larger than memory split; a resized rate resizes the whole scene as
@@ -145,7 +146,8 @@ class RasterScene:
                     # Bicubic weights would blend nodata into its neighbours (values that are
                     # neither data nor nodata): pixels within the kernel's reach of it are nodata.
                     valid = valid_mask(image.transpose(2, 0, 1), self.info.nodata)
-                    resized[resized_invalid(valid, scale, resized.shape[:2])] = np.asarray(self.info.nodata, resized.dtype)
+                    nodata = resized_invalid(valid, scale, resized.shape[:2])
+                    resized[nodata] = np.asarray(self.info.nodata, resized.dtype)
                 self._scale, self._resized = scale, resized
             pixels = crop_window(self._resized, window, self.padding).transpose(2, 0, 1)
         georef = self.info.georef.resized(scale).shifted(x0, y0)
